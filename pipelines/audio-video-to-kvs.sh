@@ -6,7 +6,7 @@ need_element x264enc voaacenc
 n=$(( ${SECONDS_TO_STREAM:-30} * 30 ))
 a=$(( ${SECONDS_TO_STREAM:-30} * 48000 / 1024 ))
 run -e kvssink name=sink stream-name="${STREAM:-audio-video}" $KVS_PROPS \
-  videotestsrc is-live=true num-buffers=$n ! video/x-raw,width=1280,height=720,framerate=30/1 ! \
+  videotestsrc is-live=true num-buffers=$n ! video/x-raw,format=I420,width=1280,height=720,framerate=30/1 ! \
   x264enc tune=zerolatency key-int-max=60 bitrate=2000 ! h264parse ! \
   video/x-h264,stream-format=avc,alignment=au ! queue ! sink.video_0 \
   audiotestsrc is-live=true num-buffers=$a samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 ! \

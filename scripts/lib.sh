@@ -11,6 +11,7 @@ SYSTEM_PACKAGES=(
   libgstreamer-plugins-base1.0-dev
   gstreamer1.0-tools
   gstreamer1.0-plugins-base
+  gstreamer1.0-plugins-base-apps
   gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly
