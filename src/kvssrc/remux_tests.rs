@@ -527,12 +527,7 @@ fn new_tracks_start_a_new_segment_on_the_same_timeline() {
     // one timeline.
     let demuxed = demux(&out.bytes);
     let ms: Vec<u64> = demuxed.pts.iter().map(|t| t.mseconds()).collect();
-    assert_eq!(
-        ms,
-        vec![0, 40, 80, 120, 160],
-        "{:?}",
-        demuxed.problems
-    );
+    assert_eq!(ms, vec![0, 40, 80, 120, 160], "{:?}", demuxed.problems);
 }
 
 #[test]
