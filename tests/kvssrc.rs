@@ -642,6 +642,27 @@ fn range_of_a_whole_stream_as_one_file_plays() {
         "filesrc location=\"{}\" ! matroskademux ! fakesink name=v sync=false",
         path.display()
     );
+    // A range read knows its length in advance and writes it into Info, so players show the right duration of
+    // the saved file (without it, matroskademux guesses from a cluster near the end).
+    let mut parser = kvs_mkv::stream::MkvStreamParser::default();
+    parser.push(&bytes);
+    let Ok(Some(kvs_mkv::stream::MkvEvent::Header(header))) = parser.next_event() else {
+        panic!("the saved file starts with a Matroska header");
+    };
+    let info_header = kvs_mkv::ebml::read_element_header(&header.info)
+        .ok()
+        .flatten()
+        .expect("an Info element");
+    let duration = kvs_mkv::ebml::children(&header.info[info_header.header_len..])
+        .filter_map(Result::ok)
+        .find(|(h, _)| h.id == kvs_mkv::ebml::id::DURATION)
+        .map(|(_, body)| kvs_mkv::ebml::read_float(body).expect("a float Duration"))
+        .expect("Info has a Duration");
+    let streamed_ms = (5 * u64::from(FRAMES_PER_FRAGMENT) * FRAME_MS) as f64;
+    assert!(
+        (duration - streamed_ms).abs() <= FRAME_MS as f64,
+        "Info says {duration} ms, {streamed_ms} ms were streamed"
+    );
     let (frames, _, last_frame_end) = common::count_demuxed(&desc);
     assert_eq!(frames, 5 * FRAMES_PER_FRAGMENT as usize);
     // The file's timeline starts at 0, so players show the duration that was streamed (50 frames of 40 ms), not

@@ -491,6 +491,8 @@ impl Reader {
         let mut numbers = Vec::new();
         let mut next_token = None;
         let mut pages = 0u32;
+        // Producer-time span of the listed fragments (the output's timeline follows producer timecodes).
+        let mut span: Option<(f64, f64)> = None;
         loop {
             let input = ListFragmentsInput {
                 stream: self.stream.clone(),
@@ -521,6 +523,11 @@ impl Reader {
             };
             pages += 1;
             for fragment in page.fragments {
+                let (from, to) = (
+                    fragment.producer_timestamp,
+                    fragment.producer_timestamp + fragment.length_ms as f64 / 1000.0,
+                );
+                span = Some(span.map_or((from, to), |(a, b)| (a.min(from), b.max(to))));
                 match fragment.fragment_number.parse::<FragmentNumber>() {
                     Ok(n) => numbers.push(n),
                     Err(e) => gst::warning!(CAT, "ListFragments returned {e}; ignored"),
@@ -538,6 +545,10 @@ impl Reader {
             "{} fragments in the range ({pages} pages of ListFragments)",
             numbers.len()
         );
+        if let Some((from, to)) = span.filter(|(from, to)| to > from) {
+            self.remuxer
+                .set_expected_duration(std::time::Duration::from_secs_f64(to - from));
+        }
         self.range.remaining = numbers.into();
         self.range.listed = true;
         Ok(())

@@ -288,6 +288,9 @@ pub struct Remuxer {
     last_fragment: Option<FragmentNumber>,
     continuation_token: Option<String>,
     items: VecDeque<RemuxItem>,
+    /// Duration of what the output will hold, when known in advance (range reads): written into the first
+    /// segment's Info so that players show the right length of a saved file.
+    expected_duration_ns: Option<u64>,
 }
 
 impl Remuxer {
@@ -308,6 +311,7 @@ impl Remuxer {
             last_fragment: None,
             continuation_token: None,
             items: VecDeque::new(),
+            expected_duration_ns: None,
         }
     }
 
@@ -317,6 +321,14 @@ impl Remuxer {
         self.continuation_token
             .clone()
             .or_else(|| self.last_fragment.as_ref().map(|f| f.to_string()))
+    }
+
+    /// Declares how long the output will be (a range read knows it from ListFragments). Only the first segment
+    /// header carries it; it has no effect once output has begun.
+    pub fn set_expected_duration(&mut self, duration: std::time::Duration) {
+        if self.out.is_none() {
+            self.expected_duration_ns = u64::try_from(duration.as_nanos()).ok();
+        }
     }
 
     /// The number of the last fragment output.
@@ -631,7 +643,12 @@ impl Remuxer {
         raw.extend_from_slice(&header.ebml);
         ebml::write_id(&mut raw, id::SEGMENT);
         ebml::write_unknown_size(&mut raw);
-        raw.extend_from_slice(&output_info(&header.info, scale)?);
+        // Only the first segment can say how long the whole output is.
+        let duration = self
+            .expected_duration_ns
+            .take()
+            .filter(|_| self.out.is_none());
+        raw.extend_from_slice(&output_info(&header.info, scale, duration)?);
         raw.extend_from_slice(&header.tracks);
         self.out = Some(OutputSegment {
             tracks_signature: signature,
@@ -788,11 +805,15 @@ fn tracks_signature(tracks: &[u8]) -> Result<Vec<u8>, MkvError> {
 
 /// The Info element of the output: the source's, with the output's TimecodeScale and without what describes a
 /// finite file (Duration, SegmentUID, links to other segments).
-fn output_info(info: &[u8], scale: u64) -> Result<Vec<u8>, MkvError> {
+fn output_info(info: &[u8], scale: u64, duration_ns: Option<u64>) -> Result<Vec<u8>, MkvError> {
     let header = ebml::read_element_header(info)?
         .ok_or_else(|| MkvError::Invalid("truncated Info element".into()))?;
-    let mut body = Vec::with_capacity(info.len());
+    let mut body = Vec::with_capacity(info.len() + 11);
     ebml::write_uint_element(&mut body, id::TIMECODE_SCALE, scale);
+    if let Some(ns) = duration_ns {
+        // Duration is a float in TimecodeScale units.
+        ebml::write_float_element(&mut body, id::DURATION, ns as f64 / scale as f64);
+    }
     for child in ebml::children(&info[header.header_len..]) {
         let (h, child_body) = child?;
         if !INFO_DROPPED.contains(&h.id) {
