@@ -72,10 +72,20 @@ impl LocalServer {
         let mut s = LocalServer {
             child: None,
             port: 0,
-            scheme: if args.contains(&"--tls-cert") { "https" } else { "http" },
-            dir: tempfile::Builder::new().prefix("kvs-local-test").tempdir().expect("temp dir"),
+            scheme: if args.contains(&"--tls-cert") {
+                "https"
+            } else {
+                "http"
+            },
+            dir: tempfile::Builder::new()
+                .prefix("kvs-local-test")
+                .tempdir()
+                .expect("temp dir"),
             args: args.iter().map(|a| a.to_string()).collect(),
-            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             starts: 0,
         };
         s.spawn();
@@ -99,7 +109,10 @@ impl LocalServer {
             .env_remove("AWS_SESSION_TOKEN")
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env("RUST_LOG", std::env::var("KVS_LOCAL_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("KVS_LOCAL_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
@@ -122,7 +135,8 @@ impl LocalServer {
                 Ok(line) => {
                     if let Some(url) = line.strip_prefix("kvs-local listening on ") {
                         let port = url.rsplit(':').next().and_then(|p| p.trim().parse().ok());
-                        self.port = port.unwrap_or_else(|| panic!("unexpected listening line: {line}"));
+                        self.port =
+                            port.unwrap_or_else(|| panic!("unexpected listening line: {line}"));
                         break;
                     }
                 }
@@ -182,7 +196,10 @@ impl LocalServer {
     /// Stops the server with SIGTERM and waits up to 10 s for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -230,7 +247,10 @@ pub struct RunResult {
 
 impl RunResult {
     pub fn messages_named(&self, name: &str) -> Vec<&gst::Structure> {
-        self.element_messages.iter().filter(|s| s.name() == name).collect()
+        self.element_messages
+            .iter()
+            .filter(|s| s.name() == name)
+            .collect()
     }
 }
 
@@ -248,7 +268,9 @@ pub fn run_pipeline_with(
     let bus = pipeline.bus().expect("pipeline bus");
     let mut result = RunResult::default();
     if let Err(e) = pipeline.set_state(gst::State::Playing) {
-        result.errors.push(format!("could not start the pipeline: {e}"));
+        result
+            .errors
+            .push(format!("could not start the pipeline: {e}"));
         let _ = pipeline.set_state(gst::State::Null);
         return result;
     }
@@ -259,7 +281,8 @@ pub fn run_pipeline_with(
             result.errors.push(format!("timed out after {timeout:?}"));
             break;
         }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(left.as_millis() as u64)) else {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(left.as_millis() as u64))
+        else {
             continue;
         };
         on_message(&msg);
@@ -272,13 +295,19 @@ pub fn run_pipeline_with(
             MessageView::Error(e) => {
                 result.errors.push(format!(
                     "{}: {} ({})",
-                    e.src().map(|s| s.path_string().to_string()).unwrap_or_default(),
+                    e.src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default(),
                     e.error(),
                     e.debug().unwrap_or_default()
                 ));
                 break;
             }
-            MessageView::Warning(w) => result.warnings.push(format!("{} ({})", w.error(), w.debug().unwrap_or_default())),
+            MessageView::Warning(w) => {
+                result
+                    .warnings
+                    .push(format!("{} ({})", w.error(), w.debug().unwrap_or_default()))
+            }
             MessageView::Element(e) => {
                 if let Some(s) = e.structure() {
                     result.element_messages.push(s.to_owned());
@@ -316,7 +345,9 @@ pub fn count_demuxed(desc: &str) -> (usize, usize, Option<gst::ClockTime>) {
     let pipeline = parse_pipeline(desc);
     let counts = Arc::new(Mutex::new((0usize, 0usize, None::<gst::ClockTime>)));
     for (name, video) in [("v", true), ("a", false)] {
-        let Some(sink) = pipeline.by_name(name) else { continue };
+        let Some(sink) = pipeline.by_name(name) else {
+            continue;
+        };
         let pad = sink.static_pad("sink").expect("sink pad");
         let counts = counts.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
