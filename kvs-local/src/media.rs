@@ -1,46 +1,15 @@
 //! The Matroska the service sends back: per fragment a complete document (stream header, the AWS tags before the
 //! cluster, the cluster as ingested with its producer tags, and for GetMedia the AWS tags after it).
 //!
-//! The AWS Tags are written exactly like the service's: no Targets, and every size field 4 bytes wide
-//! (`0x10 xx xx xx`), which kvs-mkv's shortest-size writer does not reproduce.
+//! The AWS Tags are written exactly like the service's (kvs_mkv::writer::tags_element): no Targets, and every
+//! size field 4 bytes wide (`0x10 xx xx xx`).
 
 use bytes::Bytes;
-use kvs_mkv::ebml::id;
 use kvs_mkv::tags;
-
-fn push_id(out: &mut Vec<u8>, element: u32) {
-    kvs_mkv::ebml::write_id(out, element);
-}
-
-fn push_size4(out: &mut Vec<u8>, size: usize) {
-    let s = (size as u32 & 0x0FFF_FFFF) | 0x1000_0000;
-    out.extend_from_slice(&s.to_be_bytes());
-}
 
 /// A Tags element with one Tag holding a SimpleTag (TagName, TagString) per pair, in the service's layout.
 pub fn aws_tags(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let mut tag_body = Vec::new();
-    for (name, value) in pairs {
-        let mut simple = Vec::with_capacity(name.len() + value.len() + 12);
-        push_id(&mut simple, id::TAG_NAME);
-        push_size4(&mut simple, name.len());
-        simple.extend_from_slice(name.as_bytes());
-        push_id(&mut simple, id::TAG_STRING);
-        push_size4(&mut simple, value.len());
-        simple.extend_from_slice(value.as_bytes());
-        push_id(&mut tag_body, id::SIMPLE_TAG);
-        push_size4(&mut tag_body, simple.len());
-        tag_body.extend_from_slice(&simple);
-    }
-    let mut tags_body = Vec::with_capacity(tag_body.len() + 6);
-    push_id(&mut tags_body, id::TAG);
-    push_size4(&mut tags_body, tag_body.len());
-    tags_body.extend_from_slice(&tag_body);
-    let mut out = Vec::with_capacity(tags_body.len() + 8);
-    push_id(&mut out, id::TAGS);
-    push_size4(&mut out, tags_body.len());
-    out.extend_from_slice(&tags_body);
-    out
+    kvs_mkv::writer::tags_element(pairs)
 }
 
 /// Identity and timestamps of a fragment as written in its tags.
@@ -51,14 +20,9 @@ pub struct FragmentLabel<'a> {
     pub producer_ts_ms: u64,
 }
 
-/// Server timestamp tag of GetMediaForFragmentList documents (seed 003 names it differently from GetMedia's).
-pub const SERVER_SIDE_TIMESTAMP: &str = "AWS_KINESISVIDEO_SERVER_SIDE_TIMESTAMP";
-/// Producer timestamp tag of GetMediaForFragmentList documents.
-pub const PRODUCER_SIDE_TIMESTAMP: &str = "AWS_KINESISVIDEO_PRODUCER_SIDE_TIMESTAMP";
-/// Error code tag of GetMediaForFragmentList.
-pub const EXCEPTION_ERROR_CODE: &str = "AWS_KINESISVIDEO_EXCEPTION_ERROR_CODE";
-/// Error message tag of GetMediaForFragmentList.
-pub const EXCEPTION_MESSAGE: &str = "AWS_KINESISVIDEO_EXCEPTION_MESSAGE";
+pub use kvs_mkv::tags::{
+    EXCEPTION_ERROR_CODE, EXCEPTION_MESSAGE, PRODUCER_SIDE_TIMESTAMP, SERVER_SIDE_TIMESTAMP,
+};
 
 /// Which API a document is for: the tags differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

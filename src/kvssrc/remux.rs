@@ -36,13 +36,9 @@ use kvs_mkv::ebml::{self, id};
 use kvs_mkv::fragment_number::FragmentNumber;
 use kvs_mkv::stream::{BlockInfo, Limits, MkvEvent, MkvStreamParser, SegmentHeader, TagsElement};
 use kvs_mkv::tags;
-
-/// Tags GetMediaForFragmentList puts in place of a fragment it cannot read (API reference; not in `kvs_mkv::tags`).
-pub const EXCEPTION_ERROR_CODE: &str = "AWS_KINESISVIDEO_EXCEPTION_ERROR_CODE";
-pub const EXCEPTION_MESSAGE: &str = "AWS_KINESISVIDEO_EXCEPTION_MESSAGE";
-/// The names the API reference gives the timestamps of GetMediaForFragmentList output; read like the usual ones.
-pub const SERVER_SIDE_TIMESTAMP: &str = "AWS_KINESISVIDEO_SERVER_SIDE_TIMESTAMP";
-pub const PRODUCER_SIDE_TIMESTAMP: &str = "AWS_KINESISVIDEO_PRODUCER_SIDE_TIMESTAMP";
+pub use kvs_mkv::tags::{
+    EXCEPTION_ERROR_CODE, EXCEPTION_MESSAGE, PRODUCER_SIDE_TIMESTAMP, SERVER_SIDE_TIMESTAMP,
+};
 
 /// Largest fragment held in memory while waiting for it to complete. The service caps fragments at 50 MB.
 pub const MAX_FRAGMENT_BYTES: usize = 256 * 1024 * 1024;
