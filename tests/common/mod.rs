@@ -328,14 +328,65 @@ pub fn parse_pipeline(desc: &str) -> gst::Pipeline {
         .expect("a pipeline")
 }
 
-/// Counts the video frames (buffers) and total duration of a Matroska file by demuxing it.
+/// Counts the video and audio frames of a Matroska file by demuxing it, and the end time of its last video frame.
+/// Works whatever tracks the file has: each demuxer pad is linked to its own counting sink when it appears.
 pub fn demux_counts(path: &Path) -> (usize, usize, Option<gst::ClockTime>) {
-    let desc = format!(
-        "filesrc location=\"{}\" ! matroskademux name=d d.video_0 ! queue ! fakesink name=v sync=false \
-         d.audio_0 ! queue ! fakesink name=a sync=false",
-        path.display()
+    use std::sync::{Arc, Mutex};
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("filesrc")
+        .property("location", path.to_string_lossy().as_ref())
+        .build()
+        .expect("filesrc");
+    let demux = gst::ElementFactory::make("matroskademux")
+        .build()
+        .expect("matroskademux");
+    pipeline.add_many([&src, &demux]).expect("add");
+    src.link(&demux).expect("link filesrc to matroskademux");
+    let counts = Arc::new(Mutex::new((0usize, 0usize, None::<gst::ClockTime>)));
+    let weak = pipeline.downgrade();
+    let pad_counts = counts.clone();
+    demux.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let video = pad.name().starts_with("video");
+        let queue = gst::ElementFactory::make("queue").build().expect("queue");
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .build()
+            .expect("fakesink");
+        pipeline.add_many([&queue, &sink]).expect("add");
+        queue.link(&sink).expect("link");
+        for e in [&queue, &sink] {
+            let _ = e.sync_state_with_parent();
+        }
+        let _ = pad.link(&queue.static_pad("sink").expect("queue sink pad"));
+        let counts = pad_counts.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buf) = info.buffer() {
+                let mut c = counts.lock().unwrap();
+                if video {
+                    c.0 += 1;
+                    if let Some(pts) = buf.pts() {
+                        let end = pts + buf.duration().unwrap_or(gst::ClockTime::ZERO);
+                        c.2 = Some(c.2.map_or(end, |e: gst::ClockTime| e.max(end)));
+                    }
+                } else {
+                    c.1 += 1;
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+    let r = run_pipeline(&pipeline, Duration::from_secs(120));
+    assert!(
+        r.errors.is_empty(),
+        "demuxing {} failed: {:?}",
+        path.display(),
+        r.errors
     );
-    count_demuxed(&desc)
+    let c = counts.lock().unwrap();
+    (c.0, c.1, c.2)
 }
 
 /// Runs a pipeline that ends in fakesinks named `v` (video) and optionally `a` (audio) and counts their buffers and
