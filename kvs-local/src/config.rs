@@ -74,6 +74,8 @@ pub struct Config {
     pub check_clock_skew: bool,
     /// ListFragments returns fragments in fragment-number order instead of the service's arbitrary order.
     pub ordered_list_fragments: bool,
+    /// URL that GetDataEndpoint returns instead of this server's own, e.g. a proxy in front of it.
+    pub advertised_url: Option<String>,
     pub put_media_idle_timeout: Duration,
     pub idle_ack_interval: Duration,
     pub get_media_idle_end: Duration,
@@ -99,6 +101,7 @@ impl Config {
             tls: None,
             check_clock_skew: true,
             ordered_list_fragments: false,
+            advertised_url: None,
             put_media_idle_timeout: DEFAULT_PUT_MEDIA_IDLE_TIMEOUT,
             idle_ack_interval: DEFAULT_IDLE_ACK_INTERVAL,
             get_media_idle_end: DEFAULT_GET_MEDIA_IDLE_END,

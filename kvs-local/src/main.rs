@@ -44,6 +44,9 @@ struct Args {
     /// ListFragments returns fragments in fragment-number order (the service returns them in no order).
     #[arg(long)]
     ordered_list_fragments: bool,
+    /// URL that GetDataEndpoint answers instead of this server's own (e.g. a proxy or a tunnel in front of it).
+    #[arg(long, value_name = "URL")]
+    advertised_url: Option<String>,
     /// Seconds without data after which a PutMedia request is closed.
     #[arg(long, default_value_t = 30)]
     put_media_idle_timeout: u64,
@@ -80,6 +83,7 @@ fn config(args: Args) -> Result<Config, kvs_local::Error> {
     }
     c.max_connection_duration = Duration::from_secs(args.max_connection_duration);
     c.ordered_list_fragments = args.ordered_list_fragments;
+    c.advertised_url = args.advertised_url;
     c.put_media_idle_timeout = Duration::from_secs(args.put_media_idle_timeout);
     c.idle_ack_interval = Duration::from_millis(args.idle_ack_interval_ms);
     c.get_media_idle_end = Duration::from_millis(args.get_media_idle_end_ms);

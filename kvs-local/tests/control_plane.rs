@@ -501,3 +501,22 @@ async fn streams_survive_a_restart() {
         .expect_error(404, "ResourceNotFoundException");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn get_data_endpoint_answers_the_advertised_url_when_one_is_set() {
+    // A proxy (or tunnel) in front of kvs-local must also be on the data path, so GetDataEndpoint names it.
+    let srv =
+        TestServer::start_with(|c| c.advertised_url = Some("http://127.0.0.1:9".to_owned())).await;
+    let c = srv.client();
+    c.create_stream("behind-proxy", 1).await;
+    let r = c
+        .call(
+            "/getDataEndpoint",
+            json!({"StreamName": "behind-proxy", "APIName": "PUT_MEDIA"}),
+        )
+        .await
+        .ok()
+        .json();
+    assert_eq!(r["DataEndpoint"], "http://127.0.0.1:9");
+    srv.stop().await;
+}

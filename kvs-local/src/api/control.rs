@@ -480,7 +480,8 @@ fn get_data_endpoint(app: &App, input: &Input) -> Result<Response<ResponseBody>,
         ));
     }
     resolve_stream(app, input)?;
-    Ok(json_response(&json!({ "DataEndpoint": app.url })))
+    let endpoint = app.config.advertised_url.as_deref().unwrap_or(&app.url);
+    Ok(json_response(&json!({ "DataEndpoint": endpoint })))
 }
 
 fn tags_response(tags: &BTreeMap<String, String>) -> Response<ResponseBody> {
