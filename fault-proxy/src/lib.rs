@@ -249,14 +249,15 @@ where
             }
             _ => {}
         }
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
+        // Counted before the write: once the peer has the bytes, a test reading the counter must see them.
         let counter = match dir {
             Direction::Upstream => &shared.bytes_up,
             Direction::Downstream => &shared.bytes_down,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
     }
     let _ = to.shutdown().await;
 }

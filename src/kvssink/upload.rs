@@ -1048,8 +1048,23 @@ impl Session {
     }
 
     /// Drops the connection at once and schedules a new one after a backoff.
+    /// A connection is gone. What it delivered that the service had not made durable yet may be gone with it (a
+    /// service that died between RECEIVED and PERSISTED), and no PERSISTED can arrive for it any more: those
+    /// fragments go back to Pending. The ListFragments check before the next connection drops the ones that were
+    /// stored after all; the others are sent again.
+    fn forget_connection(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        for frag in self.buffer.frags.iter_mut() {
+            if frag.sent_on == Some(conn.id) && frag.state == FragState::Received {
+                frag.state = FragState::Pending;
+            }
+        }
+    }
+
     fn reconnect(&mut self, cause: String) {
-        self.conn = None;
+        self.forget_connection();
         self.transport.connection_failed();
         if !self.cfg.restart_on_error {
             self.fail(FatalError::Aws {
@@ -1100,7 +1115,7 @@ impl Session {
                     .is_some_and(|c| c.draining_since.is_some());
                 match result {
                     Ok(()) if draining || (self.eos && !self.has_unacked()) => {
-                        self.conn = None;
+                        self.forget_connection();
                     }
                     Ok(()) => self.reconnect("the service ended the PutMedia response".into()),
                     Err(e) => {

@@ -35,6 +35,9 @@ struct Behaviour {
     break_before_ack_after: Option<usize>,
     /// ListFragments fails.
     list_fails: bool,
+    /// The first connection's service dies right after acknowledging this many fragments as RECEIVED, before the
+    /// last of them is durable: that one is lost on the service's side.
+    crash_after_received: Option<usize>,
     /// Start-up calls that fail with a network error before one succeeds.
     fail_prepares: usize,
     /// Start-up calls fail with this error.
@@ -152,6 +155,13 @@ impl Transport for FakeService {
                         let line = Ack::error(id, Some(tc), None).to_line();
                         let _ = tx.send(Ok(Bytes::from(line)));
                         return true;
+                    }
+                    let crash = svc.state().behaviour.crash_after_received;
+                    if conn == 0 && crash == Some(*acked_here + 1) {
+                        // RECEIVED goes out, then the service dies before the fragment is durable.
+                        send(svc, AckEventType::Received, tc);
+                        let _ = tx.send(Err(AwsError::Network("connection reset (test)".into())));
+                        return false;
                     }
                     svc.state().stored.push(tc);
                     let lost_ack = svc.state().behaviour.break_before_ack_after;
@@ -757,6 +767,31 @@ async fn a_fragment_stored_without_acknowledgement_is_not_sent_twice() {
     assert_eq!(c.len(), 4, "{c:?}");
     assert!(c.values().all(|&n| n == 1), "stored twice: {c:?}");
     assert_eq!(h.handle.stats().fragments_recovered, 1);
+}
+
+#[tokio::test]
+async fn a_fragment_received_but_lost_before_it_was_durable_is_sent_again() {
+    let svc = FakeService::with(Behaviour {
+        crash_after_received: Some(2),
+        ..Behaviour::default()
+    });
+    let h = start(&svc, quick_cfg(), 64);
+    h.send(vec![header_item()]).await;
+    for i in 0..4 {
+        h.send(fragment(1000 + i * 1000, 3, 100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.send(vec![UploadItem::Eos]).await;
+    let fin = h.finish(Duration::from_secs(10)).await;
+    assert_eq!(fin.unacknowledged, 0, "{fin:?}");
+    // The second fragment was RECEIVED by a service that died before storing it: it must be stored after all,
+    // once, and EOS must not wait for a PERSISTED that the dead connection can never send.
+    let c = counts(&svc.state().stored);
+    assert_eq!(
+        c.keys().copied().collect::<Vec<_>>(),
+        vec![1000, 2000, 3000, 4000]
+    );
+    assert!(c.values().all(|&n| n == 1), "stored twice: {c:?}");
 }
 
 #[tokio::test]
