@@ -18,16 +18,19 @@ SYSTEM_PACKAGES=(
   gstreamer1.0-libav
   python3-venv
   python3-pip
+  chromium
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# Installs the missing Debian packages with apt-get, through sudo when not root.
+# Installs the missing Debian packages with apt-get, through sudo when not root. Node.js and npm (for the viewer's
+# browser test) come from Debian unless some npm is on the PATH already.
 ensure_system_packages() {
   local missing=() p
   for p in "${SYSTEM_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+  command -v npm >/dev/null || missing+=(nodejs npm)
   [ ${#missing[@]} -eq 0 ] && return 0
   say "installing system packages: ${missing[*]}"
   local sudo=()

@@ -21,6 +21,7 @@
 pub mod config;
 pub mod error;
 pub mod fragment_id;
+pub mod resources;
 pub mod sigv4;
 pub mod store;
 
@@ -30,6 +31,7 @@ pub mod api;
 pub mod app;
 pub mod body;
 pub mod media;
+pub mod remux;
 pub mod server;
 pub mod streams;
 pub mod tls;

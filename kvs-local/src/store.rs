@@ -218,6 +218,11 @@ impl Store {
         })
     }
 
+    /// The index database, for the tables other modules keep beside the stream index (`crate::resources`).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Every stream record.
     pub fn load_streams(&self) -> Result<Vec<StreamRecord>, StoreError> {
         let txn = self.db.begin_read()?;

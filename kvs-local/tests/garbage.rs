@@ -83,7 +83,7 @@ async fn broken_http_is_answered_or_dropped_and_the_server_goes_on() {
     let srv = TestServer::start().await;
     for junk in [
         &b"\x16\x03\x01\x02\x00garbage-tls-hello\r\n\r\n"[..],
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n",
         b"POST /createStream HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
         b"NOT HTTP AT ALL\r\n\r\n",
     ] {

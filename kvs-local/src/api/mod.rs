@@ -2,10 +2,14 @@
 //! The operations themselves live in `control` (control plane), `put_media`, `get_media` and `archive`.
 
 pub mod archive;
+pub mod configuration;
 pub mod control;
+pub mod edge;
 pub mod get_media;
 pub mod input;
+pub mod playback;
 pub mod put_media;
+pub mod signaling;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +49,30 @@ pub enum Operation {
     GetMedia,
     ListFragments,
     GetMediaForFragmentList,
+    // Stream configurations (configuration.rs), edge configurations (edge.rs), signaling channels (signaling.rs).
+    DescribeImageGenerationConfiguration,
+    UpdateImageGenerationConfiguration,
+    DescribeNotificationConfiguration,
+    UpdateNotificationConfiguration,
+    DescribeMappedResourceConfiguration,
+    StartEdgeConfigurationUpdate,
+    DescribeEdgeConfiguration,
+    DeleteEdgeConfiguration,
+    ListEdgeAgentConfigurations,
+    CreateSignalingChannel,
+    DescribeSignalingChannel,
+    ListSignalingChannels,
+    UpdateSignalingChannel,
+    DeleteSignalingChannel,
+    GetSignalingChannelEndpoint,
+    DescribeMediaStorageConfiguration,
+    UpdateMediaStorageConfiguration,
+    GetIceServerConfig,
+    SendAlexaOfferToMaster,
+    GetClip,
+    GetHLSStreamingSessionURL,
+    GetImages,
+    GetDASHStreamingSessionURL,
 }
 
 impl Operation {
@@ -70,6 +98,29 @@ impl Operation {
             "/getMedia" => GetMedia,
             "/listFragments" => ListFragments,
             "/getMediaForFragmentList" => GetMediaForFragmentList,
+            "/describeImageGenerationConfiguration" => DescribeImageGenerationConfiguration,
+            "/updateImageGenerationConfiguration" => UpdateImageGenerationConfiguration,
+            "/describeNotificationConfiguration" => DescribeNotificationConfiguration,
+            "/updateNotificationConfiguration" => UpdateNotificationConfiguration,
+            "/describeMappedResourceConfiguration" => DescribeMappedResourceConfiguration,
+            "/startEdgeConfigurationUpdate" => StartEdgeConfigurationUpdate,
+            "/describeEdgeConfiguration" => DescribeEdgeConfiguration,
+            "/deleteEdgeConfiguration" => DeleteEdgeConfiguration,
+            "/listEdgeAgentConfigurations" => ListEdgeAgentConfigurations,
+            "/createSignalingChannel" => CreateSignalingChannel,
+            "/describeSignalingChannel" => DescribeSignalingChannel,
+            "/listSignalingChannels" => ListSignalingChannels,
+            "/updateSignalingChannel" => UpdateSignalingChannel,
+            "/deleteSignalingChannel" => DeleteSignalingChannel,
+            "/getSignalingChannelEndpoint" => GetSignalingChannelEndpoint,
+            "/describeMediaStorageConfiguration" => DescribeMediaStorageConfiguration,
+            "/updateMediaStorageConfiguration" => UpdateMediaStorageConfiguration,
+            "/v1/get-ice-server-config" => GetIceServerConfig,
+            "/v1/send-alexa-offer-to-master" => SendAlexaOfferToMaster,
+            "/getClip" => GetClip,
+            "/getHLSStreamingSessionURL" => GetHLSStreamingSessionURL,
+            "/getImages" => GetImages,
+            "/getDASHStreamingSessionURL" => GetDASHStreamingSessionURL,
             _ => return None,
         })
     }
@@ -163,6 +214,12 @@ pub fn empty_response() -> Response<ResponseBody> {
 }
 
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+    if playback::viewer::is_viewer_path(req.method(), req.uri().path()) {
+        return playback::viewer::serve(req.uri().path());
+    }
+    if playback::hls::is_session_path(req.uri().path()) {
+        return playback::hls::serve(app.clone(), req.method(), req.uri()).await;
+    }
     let op = Operation::from_path(req.uri().path()).ok_or_else(|| {
         ApiError::unknown_operation(format!("no operation is served at '{}'", req.uri().path()))
     })?;
@@ -203,7 +260,25 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Respon
         GetMedia => get_media::handle(app.clone(), input).await,
         ListFragments => archive::list_fragments(app, input).await,
         GetMediaForFragmentList => archive::get_media_for_fragment_list(app.clone(), input).await,
+        GetClip => playback::clip::get_clip(app.clone(), input).await,
+        GetHLSStreamingSessionURL => {
+            playback::session::get_hls_streaming_session_url(app.clone(), input).await
+        }
+        GetImages => playback::images::get_images(app.clone(), input).await,
+        GetDASHStreamingSessionURL => {
+            playback::session::get_dash_streaming_session_url(app.clone(), input).await
+        }
         PutMedia => Err(ApiError::internal("PutMedia reached the JSON path")),
+        op if configuration::serves(op) => configuration::handle(app, op, input).await,
+        op if edge::serves(op) => {
+            // EdgeConfig holds a boolean, which Input does not read: the edge module reads it from the body.
+            let raw = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            edge::handle(app, op, input, &raw).await
+        }
+        op if signaling::serves(op) => signaling::handle(app, op, input).await,
+        TagResource | UntagResource | ListTagsForResource if signaling::names_channel(&input) => {
+            signaling::handle(app, op, input).await
+        }
         _ => control::handle(app, op, input).await,
     }
 }
