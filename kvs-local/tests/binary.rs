@@ -2,47 +2,21 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{Client, mkv};
 use kvs_mkv::ack::AckEventType;
 use serde_json::json;
 
-struct Proc {
-    child: Child,
-    url: String,
+fn spawn(dir: &std::path::Path, extra: &[&str]) -> common::Binary {
+    let p = common::spawn_binary(dir, extra, &[]);
+    assert!(p.url.starts_with("http://127.0.0.1:"), "{}", p.url);
+    p
 }
 
-fn spawn(dir: &std::path::Path, extra: &[&str]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvs-local"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
-        .env_remove("AWS_SESSION_TOKEN")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kvs-local starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("kvs-local listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    Proc { child, url }
-}
-
-fn client(p: &Proc) -> Client {
-    let addr = p.url.trim_start_matches("http://").parse().unwrap();
-    Client::new(addr, common::credential())
+fn client(p: &common::Binary) -> Client {
+    p.client.clone()
 }
 
 #[test]

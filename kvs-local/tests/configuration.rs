@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Client, TestServer};
+use common::TestServer;
 use serde_json::{Value, json};
 
 fn image_config() -> Value {
@@ -551,51 +549,14 @@ async fn edge_agent_configurations_page_by_five() {
 }
 
 /// The binary with a short edge sync timeout, killed on drop.
-struct Binary {
-    child: Child,
-    client: Client,
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_with_sync_timeout(dir: &std::path::Path, timeout_ms: u64) -> Binary {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvs-local"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
-        .env_remove("AWS_SESSION_TOKEN")
-        .env("KVS_LOCAL_EDGE_SYNC_TIMEOUT_MS", timeout_ms.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kvs-local starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("start-up line");
-    let addr = line
-        .trim()
-        .strip_prefix("kvs-local listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("address");
-    Binary {
-        child,
-        client: Client::new(addr, common::credential()),
-    }
-}
-
 #[tokio::test]
 async fn an_edge_configuration_no_agent_acknowledges_fails_to_sync() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = spawn_with_sync_timeout(dir.path(), 300);
+    let bin = common::spawn_binary(
+        dir.path(),
+        &[],
+        &[("KVS_LOCAL_EDGE_SYNC_TIMEOUT_MS", "300")],
+    );
     let c = &bin.client;
     c.create_stream("far", 1).await;
     let started = c

@@ -611,57 +611,19 @@ async fn alexa_offer_gets_no_answer_without_a_master() {
 }
 
 /// The binary started with a TURN server configured, killed on drop.
-struct TurnBinary {
-    child: std::process::Child,
-    client: Client,
-}
-
-impl Drop for TurnBinary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_with_turn(dir: &std::path::Path, uris: &str, secret: &str) -> TurnBinary {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvs-local"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
-        .env_remove("AWS_SESSION_TOKEN")
-        .env("KVS_LOCAL_TURN_URIS", uris)
-        .env("KVS_LOCAL_TURN_SECRET", secret)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kvs-local starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("start-up line");
-    let addr = line
-        .trim()
-        .strip_prefix("kvs-local listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("address");
-    TurnBinary {
-        child,
-        client: Client::new(addr, common::credential()),
-    }
-}
-
 #[tokio::test]
 async fn ice_server_config_hands_out_turn_rest_api_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = spawn_with_turn(
+    let bin = common::spawn_binary(
         dir.path(),
-        "turn:127.0.0.1:3478?transport=udp, turns:127.0.0.1:5349?transport=tcp",
-        "shared-secret",
+        &[],
+        &[
+            (
+                "KVS_LOCAL_TURN_URIS",
+                "turn:127.0.0.1:3478?transport=udp, turns:127.0.0.1:5349?transport=tcp",
+            ),
+            ("KVS_LOCAL_TURN_SECRET", "shared-secret"),
+        ],
     );
     let c = &bin.client;
     let arn = create_channel(c, "relay").await;

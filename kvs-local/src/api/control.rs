@@ -66,7 +66,8 @@ pub async fn handle(
     }
 }
 
-fn new_version() -> String {
+/// A new opaque resource version, as the service issues them (20 alphanumeric characters).
+pub(crate) fn new_version() -> String {
     const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     (0..20)

@@ -14,7 +14,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use http::Response;
-use rand::Rng;
 use serde_json::{Value, json};
 
 use super::control::{MAX_TAGS, check_arn, resolve_by};
@@ -94,13 +93,7 @@ pub async fn handle(
     }
 }
 
-fn new_version() -> String {
-    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    (0..20)
-        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
-        .collect()
-}
+use super::control::new_version;
 
 fn check_version(current: &str, given: &str) -> Result<(), ApiError> {
     if given.is_empty() || given.len() > 64 || !given.bytes().all(|b| b.is_ascii_alphanumeric()) {

@@ -779,3 +779,58 @@ pub fn parse_chain(body: &[u8]) -> Vec<Doc> {
     }
     docs
 }
+
+/// The kvs-local binary running as a child process; killed when dropped.
+pub struct Binary {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`, from its start-up line.
+    pub url: String,
+    pub client: Client,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the kvs-local binary on a free port, storing under `dir`, accepting the test key, with extra arguments
+/// and environment variables, and waits for its start-up line.
+pub fn spawn_binary(dir: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Binary {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvs-local"));
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("kvs-local starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("start-up line");
+    let url = line
+        .trim()
+        .strip_prefix("kvs-local listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected address in {url:?}"));
+    Binary {
+        child,
+        url,
+        client: Client::new(addr, credential()),
+    }
+}
