@@ -1180,8 +1180,12 @@ impl Session {
                 FragState::Pending => {}
             }
         }
-        // A successful acknowledgement proves the connection works: the next failure starts a fresh backoff.
-        self.attempt = 0;
+        // A fragment that reached its final state proves the service works: the next failure starts a fresh
+        // backoff. BUFFERING and RECEIVED do not: a service that takes data but cannot store it (a full disk,
+        // ARCHIVAL_ERROR) acknowledges them before failing, and resetting then would retry it in a tight loop.
+        if state >= final_state {
+            self.attempt = 0;
+        }
         if state >= final_state
             && let Some(done) = self.buffer.remove(tc)
             && let Some(at) = done.completed_at
