@@ -178,7 +178,19 @@ pub const MAX_ACK_LINE: usize = 64 * 1024;
 /// anywhere or carry several; objects written back to back without a newline are accepted too.
 #[derive(Debug, Default)]
 pub struct AckParser {
+    /// Bytes of the value being received; it starts at `buf[0]` (leading whitespace is dropped).
     buf: Vec<u8>,
+    /// How far `buf` was scanned, and the scanner's state there: a value arriving in many small reads is scanned
+    /// once, not once per read.
+    scan: Scan,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Scan {
+    pos: usize,
+    depth: usize,
+    in_str: bool,
+    esc: bool,
 }
 
 impl AckParser {
@@ -191,26 +203,35 @@ impl AckParser {
         self.buf.extend_from_slice(data);
         let mut out = Vec::new();
         loop {
-            let start = self.buf.iter().position(|b| !b.is_ascii_whitespace());
-            let Some(start) = start else {
-                self.buf.clear();
-                break;
-            };
-            let Some(end) = json_object_end(&self.buf[start..]) else {
-                if self.buf.len() - start > MAX_ACK_LINE {
+            if self.scan.pos == 0 {
+                let start = self.buf.iter().position(|b| !b.is_ascii_whitespace());
+                match start {
+                    Some(start) => {
+                        self.buf.drain(..start);
+                    }
+                    None => {
+                        self.buf.clear();
+                        break;
+                    }
+                }
+            }
+            let Some(end) = self.value_end() else {
+                if self.buf.len() > MAX_ACK_LINE {
                     self.buf.clear();
+                    self.scan = Scan::default();
                     out.push(Err(AckParseError::TooLong(MAX_ACK_LINE)));
                 }
                 break;
             };
-            let line = &self.buf[start..start + end];
+            let line = &self.buf[..end];
             out.push(
                 serde_json::from_slice::<Ack>(line).map_err(|e| AckParseError::Json {
                     line: String::from_utf8_lossy(line).chars().take(200).collect(),
                     reason: e.to_string(),
                 }),
             );
-            self.buf.drain(..start + end);
+            self.buf.drain(..end);
+            self.scan = Scan::default();
         }
         out
     }
@@ -219,38 +240,47 @@ impl AckParser {
     pub fn pending(&self) -> usize {
         self.buf.len()
     }
-}
 
-/// Length of the JSON value at the start of `buf` if it is complete: an object by brace matching (strings and
-/// escapes respected), anything else up to the next newline.
-fn json_object_end(buf: &[u8]) -> Option<usize> {
-    if buf.first() != Some(&b'{') {
-        return buf.iter().position(|&b| b == b'\n');
-    }
-    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
-    for (i, &b) in buf.iter().enumerate() {
-        if in_str {
+    /// Length of the value at the start of `buf` once it is complete: an object by brace matching (strings and
+    /// escapes respected), anything else up to the next newline. Continues from where the last call stopped.
+    fn value_end(&mut self) -> Option<usize> {
+        let s = &mut self.scan;
+        if self.buf.first() != Some(&b'{') {
+            // Not an object: the line is the value (and fails to parse as an acknowledgement).
+            let from = s.pos;
+            return match self.buf[from..].iter().position(|&b| b == b'\n') {
+                Some(i) => Some(from + i),
+                None => {
+                    s.pos = self.buf.len();
+                    None
+                }
+            };
+        }
+        for (i, &b) in self.buf.iter().enumerate().skip(s.pos) {
+            if s.in_str {
+                match b {
+                    _ if s.esc => s.esc = false,
+                    b'\\' => s.esc = true,
+                    b'"' => s.in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
             match b {
-                _ if esc => esc = false,
-                b'\\' => esc = true,
-                b'"' => in_str = false,
+                b'"' => s.in_str = true,
+                b'{' => s.depth += 1,
+                b'}' => {
+                    s.depth -= 1;
+                    if s.depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
                 _ => {}
             }
-            continue;
         }
-        match b {
-            b'"' => in_str = true,
-            b'{' => depth += 1,
-            b'}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            _ => {}
-        }
+        s.pos = self.buf.len();
+        None
     }
-    None
 }
 
 #[cfg(test)]
@@ -302,6 +332,28 @@ mod tests {
         assert_eq!(
             p.push(&long),
             vec![Err(AckParseError::TooLong(MAX_ACK_LINE))]
+        );
+    }
+
+    #[test]
+    fn a_long_line_trickling_in_is_scanned_once() {
+        // A 60 KB value delivered one byte per read: with a rescan per read this took seconds of CPU.
+        let mut line = String::from("{\"EventType\":\"IDLE\",\"Pad\":\"");
+        line.push_str(&"x".repeat(60_000));
+        line.push_str("\"}\n");
+        let mut p = AckParser::new();
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        for b in line.as_bytes() {
+            got.extend(p.push(std::slice::from_ref(b)));
+        }
+        assert_eq!(got, vec![Ok(Ack::idle())]);
+        assert_eq!(p.pending(), 0);
+        // Linear work is a few milliseconds even unoptimised; the quadratic scan took over two seconds.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
         );
     }
 
