@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gstkvs::aws::{self, AwsSettings, Fragment, KvsClient, ListFragmentsInput, StreamRef};
+use gstkvs::aws::{self, Fragment, KvsClient, StreamRef};
 
 use common::{ACCESS_KEY, LocalServer, REGION, SECRET_KEY};
 use stress::{Fault, Rig};
@@ -40,39 +40,12 @@ fn props(endpoint: &str) -> String {
 }
 
 fn client(url: &str) -> KvsClient {
-    let settings = AwsSettings {
-        access_key: Some(ACCESS_KEY.into()),
-        secret_key: Some(SECRET_KEY.into()),
-        aws_region: Some(REGION.into()),
-        endpoint: Some(url.into()),
-        ..AwsSettings::default()
-    };
-    KvsClient::new(&settings).expect("client for kvs-local")
+    common::kvs_client(url)
 }
 
 /// Every fragment of the stream straight from kvs-local (not through the proxy), in fragment-number order.
 fn list_all(server: &LocalServer, stream: &str) -> Vec<Fragment> {
-    let client = client(&server.url());
-    let rt = aws::runtime().expect("runtime");
-    let mut out = Vec::new();
-    let mut token = None;
-    loop {
-        let page = rt
-            .block_on(client.list_fragments(&ListFragmentsInput {
-                stream: StreamRef::Name(stream.into()),
-                selector: None,
-                max_results: Some(1000),
-                next_token: token.take(),
-            }))
-            .expect("ListFragments");
-        out.extend(page.fragments);
-        match page.next_token {
-            Some(t) => token = Some(t),
-            None => break,
-        }
-    }
-    out.sort_by(|a, b| a.fragment_number.cmp(&b.fragment_number));
-    out
+    common::list_fragments(&server.url(), stream)
 }
 
 fn producer_ms(f: &Fragment) -> u64 {

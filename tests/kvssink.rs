@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gstkvs::aws::{self, AwsSettings, Fragment, KvsClient, ListFragmentsInput, StreamRef};
+use gstkvs::aws::{self, Fragment, KvsClient, StreamRef};
 
 use common::{LocalServer, RunResult};
 
@@ -29,39 +29,12 @@ fn sink(server: &LocalServer, stream: &str, extra: &str) -> String {
 }
 
 fn client(server: &LocalServer) -> KvsClient {
-    let settings = AwsSettings {
-        access_key: Some(common::ACCESS_KEY.into()),
-        secret_key: Some(common::SECRET_KEY.into()),
-        aws_region: Some(common::REGION.into()),
-        endpoint: Some(server.url()),
-        ..AwsSettings::default()
-    };
-    KvsClient::new(&settings).expect("client for kvs-local")
+    common::kvs_client(&server.url())
 }
 
 /// Every fragment of the stream, in fragment-number order.
 fn list_all(server: &LocalServer, stream: &str) -> Vec<Fragment> {
-    let client = client(server);
-    let rt = aws::runtime().expect("runtime");
-    let mut out = Vec::new();
-    let mut token = None;
-    loop {
-        let page = rt
-            .block_on(client.list_fragments(&ListFragmentsInput {
-                stream: StreamRef::Name(stream.into()),
-                selector: None,
-                max_results: Some(1000),
-                next_token: token.take(),
-            }))
-            .expect("ListFragments");
-        out.extend(page.fragments);
-        match page.next_token {
-            Some(t) => token = Some(t),
-            None => break,
-        }
-    }
-    out.sort_by(|a, b| a.fragment_number.cmp(&b.fragment_number));
-    out
+    common::list_fragments(&server.url(), stream)
 }
 
 /// Downloads the fragments with GetMediaForFragmentList and counts the frames matroskademux decodes from them.

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gst::prelude::*;
-use gstkvs::aws::{
-    self, AwsSettings, CreateStreamInput, KvsClient, PutMediaParams, StreamRef, TimecodeType,
-};
+use gstkvs::aws::{self, CreateStreamInput, KvsClient, PutMediaParams, StreamRef, TimecodeType};
 use kvs_mkv::ack::{AckEventType, AckParser};
 use kvs_mkv::ebml::{self, id};
 use kvs_mkv::writer;
@@ -152,14 +150,7 @@ impl Producer {
 }
 
 fn client_for(url: &str) -> KvsClient {
-    let settings = AwsSettings {
-        access_key: Some(ACCESS_KEY.into()),
-        secret_key: Some(SECRET_KEY.into()),
-        aws_region: Some(REGION.into()),
-        endpoint: Some(url.into()),
-        ..Default::default()
-    };
-    KvsClient::new(&settings).expect("client")
+    common::kvs_client(url)
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

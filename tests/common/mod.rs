@@ -422,3 +422,40 @@ pub fn count_demuxed(desc: &str) -> (usize, usize, Option<gst::ClockTime>) {
     let c = counts.lock().unwrap();
     (c.0, c.1, c.2)
 }
+
+/// A client of the plugin's AWS layer pointed at `url` with the test credentials, to check what a server stored.
+pub fn kvs_client(url: &str) -> gstkvs::aws::KvsClient {
+    let settings = gstkvs::aws::AwsSettings {
+        access_key: Some(ACCESS_KEY.into()),
+        secret_key: Some(SECRET_KEY.into()),
+        aws_region: Some(REGION.into()),
+        endpoint: Some(url.into()),
+        ..Default::default()
+    };
+    gstkvs::aws::KvsClient::new(&settings).expect("client for kvs-local")
+}
+
+/// Every fragment of `stream` on the server at `url` (all ListFragments pages), in fragment-number order.
+pub fn list_fragments(url: &str, stream: &str) -> Vec<gstkvs::aws::Fragment> {
+    let client = kvs_client(url);
+    let rt = gstkvs::aws::runtime().expect("runtime");
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = rt
+            .block_on(client.list_fragments(&gstkvs::aws::ListFragmentsInput {
+                stream: gstkvs::aws::StreamRef::Name(stream.into()),
+                selector: None,
+                max_results: Some(1000),
+                next_token: token.take(),
+            }))
+            .expect("ListFragments");
+        out.extend(page.fragments);
+        match page.next_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    out.sort_by(|a, b| a.fragment_number.cmp(&b.fragment_number));
+    out
+}

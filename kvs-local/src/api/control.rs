@@ -205,18 +205,29 @@ fn check_media_type(value: &str) -> Result<(), ApiError> {
 }
 
 fn check_tag(key: &str, value: &str) -> Result<(), ApiError> {
+    check_tag_members(key, value, "Tags.key", "Tags.value")
+}
+
+/// Checks a tag against the reference's limits; the members named in the error differ between the stream
+/// operations (a map) and the resource operations (a list of Key/Value).
+pub(crate) fn check_tag_members(
+    key: &str,
+    value: &str,
+    key_member: &str,
+    value_member: &str,
+) -> Result<(), ApiError> {
     let allowed = |c: char| c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c);
     let n = key.chars().count();
     if n == 0 || n > 128 || !key.chars().all(allowed) {
         return Err(constraint(
-            "Tags.key",
+            key_member,
             key,
             "Member must have length between 1 and 128 and match [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*",
         ));
     }
     if value.chars().count() > 256 || !value.chars().all(allowed) {
         return Err(constraint(
-            "Tags.value",
+            value_member,
             value,
             "Member must have length at most 256 and match [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*",
         ));

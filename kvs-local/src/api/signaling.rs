@@ -112,23 +112,7 @@ fn check_version(current: &str, given: &str) -> Result<(), ApiError> {
 }
 
 fn check_tag(key: &str, value: &str) -> Result<(), ApiError> {
-    let allowed = |c: char| c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c);
-    let n = key.chars().count();
-    if n == 0 || n > 128 || !key.chars().all(allowed) {
-        return Err(constraint(
-            "Tags.member.Key",
-            key,
-            "Member must have length between 1 and 128 and match [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*",
-        ));
-    }
-    if value.chars().count() > 256 || !value.chars().all(allowed) {
-        return Err(constraint(
-            "Tags.member.Value",
-            value,
-            "Member must have length at most 256 and match [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*",
-        ));
-    }
-    Ok(())
+    super::control::check_tag_members(key, value, "Tags.member.Key", "Tags.member.Value")
 }
 
 /// A `Tags` list of `{Key, Value}` objects.
