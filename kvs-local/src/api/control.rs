@@ -348,27 +348,7 @@ fn list_streams(app: &App, input: &Input) -> Result<Response<ResponseBody>, ApiE
         Some(t) if !t.is_empty() => Some(decode_token(t)?),
         _ => None,
     };
-    let prefix = match input.opt_object("StreamNameCondition")? {
-        Some(c) => {
-            if let Some(op) = c.opt_str("ComparisonOperator")?
-                && op != "BEGINS_WITH"
-            {
-                return Err(constraint(
-                    "StreamNameCondition.ComparisonOperator",
-                    op,
-                    "Member must satisfy enum value set: [BEGINS_WITH]",
-                ));
-            }
-            match c.opt_str("ComparisonValue")? {
-                Some(v) => {
-                    check_name("StreamNameCondition.ComparisonValue", v, 256)?;
-                    Some(v.to_owned())
-                }
-                None => None,
-            }
-        }
-        None => None,
-    };
+    let prefix = super::input::name_condition(input, "StreamNameCondition")?;
     let mut records: Vec<StreamRecord> = app
         .registry
         .all()

@@ -27,6 +27,30 @@ pub fn is_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// The prefix of a `<member>` name condition (`{"ComparisonOperator": "BEGINS_WITH", "ComparisonValue": ...}`) of
+/// the List operations, `None` when absent.
+pub fn name_condition(input: &Input, member: &str) -> Result<Option<String>, ApiError> {
+    let Some(c) = input.opt_object(member)? else {
+        return Ok(None);
+    };
+    if let Some(op) = c.opt_str("ComparisonOperator")?
+        && op != "BEGINS_WITH"
+    {
+        return Err(constraint(
+            &format!("{member}.ComparisonOperator"),
+            op,
+            "Member must satisfy enum value set: [BEGINS_WITH]",
+        ));
+    }
+    match c.opt_str("ComparisonValue")? {
+        Some(v) => {
+            check_name(&format!("{member}.ComparisonValue"), v, 256)?;
+            Ok(Some(v.to_owned()))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Checks a stream-name-like member.
 pub fn check_name(member: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.is_empty() || value.chars().count() > max {

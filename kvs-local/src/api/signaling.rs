@@ -330,27 +330,7 @@ async fn list_channels(app: &App, input: &Input) -> Result<Response<ResponseBody
         .opt_int_range("MaxResults", 1, 10_000)?
         .unwrap_or(DEFAULT_LIST_MAX) as usize;
     let after = next_token(input)?;
-    let prefix = match input.opt_object("ChannelNameCondition")? {
-        Some(c) => {
-            if let Some(op) = c.opt_str("ComparisonOperator")?
-                && op != "BEGINS_WITH"
-            {
-                return Err(constraint(
-                    "ChannelNameCondition.ComparisonOperator",
-                    op,
-                    "Member must satisfy enum value set: [BEGINS_WITH]",
-                ));
-            }
-            match c.opt_str("ComparisonValue")? {
-                Some(v) => {
-                    check_name("ChannelNameCondition.ComparisonValue", v, 256)?;
-                    Some(v.to_owned())
-                }
-                None => None,
-            }
-        }
-        None => None,
-    };
+    let prefix = super::input::name_condition(input, "ChannelNameCondition")?;
     // Rows come in name order from the index.
     let mut records: Vec<ChannelRecord> = all_channels(app)
         .await?
