@@ -9,25 +9,7 @@ use kvs_mkv::ack::AckEventType;
 use serde_json::{Value, json};
 
 async fn put_fragments(c: &Client, stream: &str, base: u64, n: u64) -> Vec<String> {
-    let mut put = c.put_media(stream, &[]).await;
-    let mut body = mkv::video_header();
-    for i in 0..n {
-        body.extend(mkv::cluster(base + i * 1000, 2, 50));
-    }
-    body.extend(mkv::end_of_fragment());
-    put.chunk(&body).await;
-    let mut numbers = Vec::new();
-    for _ in 0..n {
-        numbers.push(
-            put.until(AckEventType::Persisted)
-                .await
-                .fragment_number
-                .unwrap(),
-        );
-    }
-    put.finish().await;
-    put.drain().await;
-    numbers
+    c.put_fragments(stream, base, n, 2, 50).await
 }
 
 fn numbers_of(list: &Value) -> Vec<String> {

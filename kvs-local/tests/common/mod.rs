@@ -300,6 +300,33 @@ impl Client {
     }
 
     /// Starts a signed PutMedia on a raw connection.
+    /// Puts `n` fragments of `frames` frames of `frame_size` bytes (timecodes base, base+1000, ...) in one
+    /// PutMedia session and waits until all are persisted; returns their fragment numbers.
+    pub async fn put_fragments(
+        &self,
+        stream: &str,
+        base: u64,
+        n: u64,
+        frames: usize,
+        frame_size: usize,
+    ) -> Vec<String> {
+        let mut put = self.put_media(stream, &[]).await;
+        let mut body = mkv::video_header();
+        for i in 0..n {
+            body.extend(mkv::cluster(base + i * 1000, frames, frame_size));
+        }
+        body.extend(mkv::end_of_fragment());
+        put.chunk(&body).await;
+        let mut numbers = Vec::new();
+        for _ in 0..n {
+            let ack = put.until(AckEventType::Persisted).await;
+            numbers.push(ack.fragment_number.expect("PERSISTED names its fragment"));
+        }
+        put.finish().await;
+        put.drain().await;
+        numbers
+    }
+
     pub async fn put_media(&self, name: &str, extra: &[(&str, &str)]) -> PutConn {
         let mut headers: Vec<(String, String)> = vec![
             ("host".into(), self.addr.to_string()),
