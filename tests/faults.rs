@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 use gstkvs::aws::{self, Fragment, KvsClient, StreamRef};
+use kvs_fault_proxy::disk;
 
 use common::{ACCESS_KEY, LocalServer, REGION, SECRET_KEY};
 use stress::{Fault, Rig};
@@ -455,67 +456,11 @@ fn kvssrc_reads_every_fragment_once_across_a_kill_9_and_restart() {
     );
 }
 
-/// A tmpfs mounted over a directory for the life of the guard (needs root, as CI and the dev machines have).
-struct Tmpfs {
-    path: std::path::PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(path: &std::path::Path, size_kib: u64) -> Result<Tmpfs, String> {
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
-            .arg(path)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        Ok(Tmpfs {
-            path: path.to_owned(),
-        })
-    }
-
-    fn resize(&self, size_kib: u64) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size_kib}k")])
-            .arg(&self.path)
-            .status()
-            .expect("mount -o remount");
-        assert!(status.success(), "remounting the tmpfs failed");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
-
-fn disk_use_kib(path: &std::path::Path) -> u64 {
-    let out = std::process::Command::new("du")
-        .arg("-sk")
-        .arg(path)
-        .output()
-        .expect("du");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// kvs-local's data directory fills up during a live stream: the producer gets ERROR acknowledgements (not a
 /// hang, not a crash), the store stays readable, and once space returns the stream is persisted again.
-///
-/// Ignored until a bug it found is fixed: under load (a full `scripts/test` run) the stream recovered (900 frames
-/// sent, 30 fragments stored, 28 PERSISTED acks, none dropped) but GetMediaForFragmentList of the stored fragments
-/// after a restart gave back only 241 frames, so some fragment written around the ENOSPC is not served whole.
-/// Run it with `cargo test --test faults a_full_disk -- --ignored` (needs root for the tmpfs).
+/// Every fragment stored reads back after a restart, in order and once: the session that hit the full disk ends
+/// there and the producer replays the rest in a new one. Needs root for the tmpfs (KVS_FAULTS_NO_MOUNT=1 skips it).
 #[test]
-#[ignore = "found a bug: fragments stored around ENOSPC are not all read back whole after a restart"]
 fn a_full_disk_gives_error_acks_keeps_the_store_readable_and_recovers() {
     common::init();
     let mut server = LocalServer::start();
@@ -526,8 +471,8 @@ fn a_full_disk_gives_error_acks_keeps_the_store_readable_and_recovers() {
     let saved = data.with_extension("saved");
     std::fs::rename(&data, &saved).expect("move the data directory aside");
     std::fs::create_dir(&data).expect("recreate the data directory");
-    let used = disk_use_kib(&saved);
-    let tmpfs = match Tmpfs::mount(&data, used + 3 * 1024) {
+    let used = disk::disk_use_kib(&saved);
+    let tmpfs = match disk::Tmpfs::mount(&data, used + 3 * 1024) {
         Ok(t) => t,
         Err(e) if std::env::var_os("KVS_FAULTS_NO_MOUNT").is_some() => {
             eprintln!("skipped (KVS_FAULTS_NO_MOUNT is set and tmpfs cannot be mounted: {e})");
@@ -583,7 +528,7 @@ fn a_full_disk_gives_error_acks_keeps_the_store_readable_and_recovers() {
             && (first_error.is_some_and(|at| at.elapsed() > Duration::from_secs(3))
                 || started.elapsed() > Duration::from_secs(20))
         {
-            tmpfs.resize(512 * 1024);
+            tmpfs.resize(512 * 1024).expect("giving the space back");
             *freed = Some(Instant::now());
         }
     });
@@ -644,7 +589,13 @@ fn a_full_disk_gives_error_acks_keeps_the_store_readable_and_recovers() {
         );
     }
     let acked: BTreeSet<&str> = persisted.iter().map(|a| a.number.as_str()).collect();
-    let all: Vec<&Fragment> = stored.iter().collect();
+    let mut all: Vec<&Fragment> = stored.iter().collect();
+    all.sort_by_key(|f| f.fragment_number.parse::<u128>().unwrap_or(0));
+    let times: Vec<u64> = all.iter().map(|f| producer_ms(f)).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] < w[1]),
+        "the stored fragments are not once each and in order: producer times {times:?}\n{report}"
+    );
     let frames = frames_in(&server, stream, &all);
     assert!(
         frames >= acked.len() * GOP as usize,

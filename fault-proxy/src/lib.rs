@@ -3,6 +3,10 @@
 //! stops), refused connections, and cuts (all current connections closed, or reset with RST).
 //!
 //! It runs on its own small runtime so that synchronous tests (GStreamer pipelines) can drive it directly.
+//!
+//! [`disk`] has the disk fault: a small tmpfs to fill up.
+
+pub mod disk;
 
 use std::io;
 use std::net::SocketAddr;

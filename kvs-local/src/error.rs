@@ -46,6 +46,8 @@ pub enum StoreError {
     WriterGone,
     #[error("stream {0} was deleted")]
     StreamDeleted(u64),
+    #[error("an earlier fragment of this session of stream {0} could not be stored")]
+    EarlierFragmentFailed(u64),
 }
 
 macro_rules! redb_from {

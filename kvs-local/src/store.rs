@@ -10,12 +10,17 @@
 //! them, `fdatasync`s each touched file, then commits all their index rows in one transaction (group commit), and
 //! only then reports success: PERSISTED means both the bytes and the index entry are durable. On start, segment
 //! tails that no committed index row references (a crash between write and commit) are truncated.
+//!
+//! A failed write (a full disk) fails the fragments concerned and nothing else: their bytes are never referenced,
+//! later appends go where the last committed one ended, and an index database that refuses work after an I/O
+//! error is reopened (redb then rolls back to its last commit), so the store recovers when space returns.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -125,7 +130,8 @@ impl FragmentMeta {
 }
 
 /// A fragment to append: its index entry (segment and offset are filled in by the writer), the header of its
-/// session when not stored yet, and its bytes (cluster followed by producer tags).
+/// session (stored with the first fragment of the session that is committed; jobs may carry it every time), and
+/// its bytes (cluster followed by producer tags).
 #[derive(Debug)]
 pub struct AppendJob {
     pub stream_id: u64,
@@ -143,11 +149,95 @@ enum Job {
 
 /// The storage: index database, segment files and the writer thread.
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<SharedDb>,
     dir: PathBuf,
     jobs: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     headers: Mutex<HashMap<(u64, u64), Bytes>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The index database, reopened after an I/O error: redb refuses every transaction once a write failed (a full
+/// disk), until the database is opened again and rolled back to its last commit.
+pub(crate) struct SharedDb {
+    path: PathBuf,
+    current: RwLock<Option<Arc<Database>>>,
+}
+
+/// How long a reopen waits for transactions still running on the failed database instance.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+
+impl StoreError {
+    /// Whether the index database failed on I/O and must be reopened before it takes more work.
+    fn is_db_io(&self) -> bool {
+        matches!(self, StoreError::Db(e) if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo))
+    }
+}
+
+impl SharedDb {
+    fn open(path: PathBuf) -> Result<SharedDb, StoreError> {
+        let db = Database::create(&path)?;
+        Ok(SharedDb {
+            path,
+            current: RwLock::new(Some(Arc::new(db))),
+        })
+    }
+
+    /// Runs `f` on the database; an I/O failure reopens it for the next caller.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let db = self.get()?;
+        let result = f(&db);
+        if let Err(e) = &result
+            && e.is_db_io()
+        {
+            tracing::warn!(error = %e, "the index database failed on I/O; reopening it");
+            let failed = Arc::as_ptr(&db);
+            // Our handle must be gone before the reopen waits for the old instance to close.
+            drop(db);
+            self.reopen(failed);
+        }
+        result
+    }
+
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self.current.read().ok().and_then(|g| g.clone()) {
+            return Ok(db);
+        }
+        let mut guard = self
+            .current
+            .write()
+            .map_err(|_| StoreError::Corrupt("index database lock poisoned".into()))?;
+        if let Some(db) = guard.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(self.open_again()?);
+        *guard = Some(db.clone());
+        tracing::info!(path = %self.path.display(), "index database reopened");
+        Ok(db)
+    }
+
+    /// Drops the failed instance (unless another caller already replaced it); the next `get` opens it again.
+    fn reopen(&self, failed: *const Database) {
+        if let Ok(mut guard) = self.current.write()
+            && guard
+                .as_ref()
+                .is_some_and(|cur| std::ptr::eq(Arc::as_ptr(cur), failed))
+        {
+            *guard = None;
+        }
+    }
+
+    /// Opens the file again once every transaction of the old instance has ended (redb allows one instance).
+    fn open_again(&self) -> Result<Database, StoreError> {
+        let deadline = Instant::now() + REOPEN_WAIT;
+        loop {
+            match Database::create(&self.path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                other => return other.map_err(StoreError::from),
+            }
+        }
+    }
 }
 
 fn io_err<'a>(
@@ -186,17 +276,16 @@ impl Store {
     /// Opens (or creates) the store under `dir`, repairs segment tails and starts the writer thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir.join("streams")).map_err(io_err("creating", dir))?;
-        let db = Database::create(dir.join("index.redb"))?;
-        {
+        let db = Arc::new(SharedDb::open(dir.join("index.redb"))?);
+        let tails = db.with(|db| {
             let txn = db.begin_write()?;
             txn.open_table(STREAMS)?;
             txn.open_table(FRAGMENTS)?;
             txn.open_table(HEADERS)?;
             txn.open_table(META)?;
             txn.commit()?;
-        }
-        let db = Arc::new(db);
-        let tails = recover(&db, dir)?;
+            recover(db, dir)
+        })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
             db: db.clone(),
@@ -204,6 +293,8 @@ impl Store {
             files: HashMap::new(),
             tails,
             deleted: HashSet::new(),
+            stored_headers: HashSet::new(),
+            failed_sessions: HashSet::new(),
         };
         let handle = std::thread::Builder::new()
             .name("kvs-store-writer".into())
@@ -218,46 +309,56 @@ impl Store {
         })
     }
 
-    /// The index database, for the tables other modules keep beside the stream index (`crate::resources`).
-    pub fn database(&self) -> &Database {
-        &self.db
+    /// Runs `f` on the index database, for the tables other modules keep beside the stream index
+    /// (`crate::resources`); blocking.
+    pub fn with_database<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.db.with(f)
     }
 
     /// Every stream record.
     pub fn load_streams(&self) -> Result<Vec<StreamRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(STREAMS)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (_, v) = row?;
-            let rec: StreamRecord = serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::Corrupt(format!("stream record: {e}")))?;
-            out.push(rec);
-        }
-        Ok(out)
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(STREAMS)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (_, v) = row?;
+                let rec: StreamRecord = serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Corrupt(format!("stream record: {e}")))?;
+                out.push(rec);
+            }
+            Ok(out)
+        })
     }
 
     /// Allocates a new stream id (never reused).
     pub fn next_stream_id(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write()?;
-        let id = {
-            let mut meta = txn.open_table(META)?;
-            let id = meta.get("next_stream_id")?.map(|v| v.value()).unwrap_or(1);
-            meta.insert("next_stream_id", id + 1)?;
-            id
-        };
-        txn.commit()?;
-        Ok(id)
+        self.db.with(|db| {
+            let txn = db.begin_write()?;
+            let id = {
+                let mut meta = txn.open_table(META)?;
+                let id = meta.get("next_stream_id")?.map(|v| v.value()).unwrap_or(1);
+                meta.insert("next_stream_id", id + 1)?;
+                id
+            };
+            txn.commit()?;
+            Ok(id)
+        })
     }
 
     /// Inserts or replaces a stream record (blocking: call from a blocking context).
     pub fn put_stream(&self, rec: &StreamRecord) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(rec)
             .map_err(|e| StoreError::Corrupt(format!("stream record: {e}")))?;
-        let txn = self.db.begin_write()?;
-        txn.open_table(STREAMS)?.insert(rec.id, bytes.as_slice())?;
-        txn.commit()?;
-        Ok(())
+        self.db.with(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(STREAMS)?.insert(rec.id, bytes.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// Appends a fragment; the receiver yields the stored index entry once bytes and index are durable.
@@ -307,38 +408,44 @@ impl Store {
             Some(s) => s + 1,
             None => 0,
         };
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(FRAGMENTS)?;
-        let mut out = Vec::new();
-        for row in table.range((stream_id, start)..=(stream_id, u64::MAX))? {
-            if out.len() >= limit {
-                break;
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(FRAGMENTS)?;
+            let mut out = Vec::new();
+            for row in table.range((stream_id, start)..=(stream_id, u64::MAX))? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (_, v) = row?;
+                out.push(FragmentMeta::decode(v.value())?);
             }
-            let (_, v) = row?;
-            out.push(FragmentMeta::decode(v.value())?);
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The fragment with this sequence number (blocking).
     pub fn fragment(&self, stream_id: u64, seq: u64) -> Result<Option<FragmentMeta>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(FRAGMENTS)?;
-        match table.get((stream_id, seq))? {
-            Some(v) => Ok(Some(FragmentMeta::decode(v.value())?)),
-            None => Ok(None),
-        }
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(FRAGMENTS)?;
+            match table.get((stream_id, seq))? {
+                Some(v) => Ok(Some(FragmentMeta::decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// The highest stored sequence number of a stream (blocking).
     pub fn last_seq(&self, stream_id: u64) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(FRAGMENTS)?;
-        let mut range = table.range((stream_id, 0)..=(stream_id, u64::MAX))?;
-        match range.next_back() {
-            Some(row) => Ok(Some(row?.0.value().1)),
-            None => Ok(None),
-        }
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(FRAGMENTS)?;
+            let mut range = table.range((stream_id, 0)..=(stream_id, u64::MAX))?;
+            match range.next_back() {
+                Some(row) => Ok(Some(row?.0.value().1)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// The stored header of a session (blocking).
@@ -348,14 +455,16 @@ impl Store {
         {
             return Ok(h.clone());
         }
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(HEADERS)?;
-        let bytes = table
-            .get((stream_id, header_id))?
-            .map(|v| Bytes::copy_from_slice(v.value()))
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("stream {stream_id} has no header {header_id}"))
-            })?;
+        let bytes = self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(HEADERS)?;
+            table
+                .get((stream_id, header_id))?
+                .map(|v| Bytes::copy_from_slice(v.value()))
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("stream {stream_id} has no header {header_id}"))
+                })
+        })?;
         if let Ok(mut cache) = self.headers.lock() {
             cache.insert((stream_id, header_id), bytes.clone());
         }
@@ -529,12 +638,24 @@ struct OpenSegment {
 }
 
 struct Writer {
-    db: Arc<Database>,
+    db: Arc<SharedDb>,
     root: PathBuf,
     files: HashMap<u64, OpenSegment>,
     tails: HashMap<u64, Tail>,
     /// Streams deleted while running: fragments of theirs still in the queue are refused, not written.
     deleted: HashSet<u64>,
+    /// Session headers (stream id, header id) committed since start.
+    stored_headers: HashSet<(u64, u64)>,
+    /// Sessions (stream id, header id) with a fragment that could not be stored.
+    failed_sessions: HashSet<(u64, u64)>,
+}
+
+/// Most failed sessions remembered; a session is short-lived next to this many failures.
+const MAX_FAILED_SESSIONS: usize = 4096;
+
+/// The PutMedia session of a job: its stream and the id of its header.
+fn session_of(job: &AppendJob) -> (u64, u64) {
+    (job.stream_id, job.meta.header_id)
 }
 
 impl Writer {
@@ -629,6 +750,12 @@ impl Writer {
         let mut written = Vec::with_capacity(appends.len());
         let mut touched = HashSet::new();
         for (job, tx) in appends {
+            // Once a fragment of a session failed, the later ones of the session fail too: a stream never has a
+            // hole followed by the rest of the same session (the producer replays from the hole in a new one).
+            if self.failed_sessions.contains(&session_of(&job)) {
+                let _ = tx.send(Err(StoreError::EarlierFragmentFailed(job.stream_id)));
+                continue;
+            }
             match self.write_one(&job) {
                 Ok(meta) => {
                     touched.insert(job.stream_id);
@@ -636,8 +763,14 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::error!(stream_id = job.stream_id, error = %e, "cannot write fragment");
-                    // The file position may be past a partial write: reopen at the last good length next time.
-                    self.files.remove(&job.stream_id);
+                    self.fail_session(&job);
+                    // Drop what a partial write left; the next append goes to the same place whatever happens,
+                    // and start-up truncates anything no committed row references.
+                    if let Some(open) = self.files.get(&job.stream_id)
+                        && let Err(e) = open.file.set_len(open.len)
+                    {
+                        tracing::warn!(stream_id = job.stream_id, error = %e, "cannot cut a partial write");
+                    }
                     let _ = tx.send(Err(e));
                 }
             }
@@ -652,6 +785,7 @@ impl Writer {
         let mut ok = Vec::with_capacity(written.len());
         for (job, meta, tx) in written {
             if let Some(reason) = sync_failed.get(&job.stream_id) {
+                self.fail_session(&job);
                 self.files.remove(&job.stream_id);
                 let _ = tx.send(Err(StoreError::Io {
                     what: "syncing segment",
@@ -666,21 +800,26 @@ impl Writer {
             return;
         }
         let synced = started.elapsed();
-        let result = (|| -> Result<(), StoreError> {
-            let txn = self.db.begin_write()?;
+        let mut new_headers = HashSet::new();
+        let result = self.db.with(|db| {
+            let txn = db.begin_write()?;
             {
                 let mut frags = txn.open_table(FRAGMENTS)?;
                 let mut headers = txn.open_table(HEADERS)?;
                 for (job, meta, _) in &ok {
-                    if let Some(h) = &job.header {
-                        headers.insert((job.stream_id, meta.header_id), h.as_ref())?;
+                    let key = (job.stream_id, meta.header_id);
+                    if let Some(h) = &job.header
+                        && !self.stored_headers.contains(&key)
+                        && new_headers.insert(key)
+                    {
+                        headers.insert(key, h.as_ref())?;
                     }
                     frags.insert((job.stream_id, meta.seq), meta.encode().as_slice())?;
                 }
             }
             txn.commit()?;
             Ok(())
-        })();
+        });
         tracing::debug!(
             jobs,
             bytes,
@@ -692,6 +831,7 @@ impl Writer {
         );
         match result {
             Ok(()) => {
+                self.stored_headers.extend(new_headers);
                 for (job, meta, tx) in ok {
                     self.tails.insert(
                         job.stream_id,
@@ -707,6 +847,7 @@ impl Writer {
                 tracing::error!(error = %e, "cannot commit the fragment index");
                 let msg = e.to_string();
                 for (job, _, tx) in ok {
+                    self.fail_session(&job);
                     self.files.remove(&job.stream_id);
                     let _ = tx.send(Err(StoreError::Corrupt(format!(
                         "index commit failed: {msg}"
@@ -714,6 +855,13 @@ impl Writer {
                 }
             }
         }
+    }
+
+    fn fail_session(&mut self, job: &AppendJob) {
+        if self.failed_sessions.len() >= MAX_FAILED_SESSIONS {
+            self.failed_sessions.clear();
+        }
+        self.failed_sessions.insert(session_of(job));
     }
 
     fn write_one(&mut self, job: &AppendJob) -> Result<FragmentMeta, StoreError> {
@@ -737,15 +885,19 @@ impl Writer {
         self.deleted.insert(stream_id);
         self.files.remove(&stream_id);
         self.tails.remove(&stream_id);
-        let txn = self.db.begin_write()?;
-        {
-            txn.open_table(STREAMS)?.remove(stream_id)?;
-            let mut frags = txn.open_table(FRAGMENTS)?;
-            frags.retain_in((stream_id, 0)..=(stream_id, u64::MAX), |_, _| false)?;
-            let mut headers = txn.open_table(HEADERS)?;
-            headers.retain_in((stream_id, 0)..=(stream_id, u64::MAX), |_, _| false)?;
-        }
-        txn.commit()?;
+        self.stored_headers.retain(|(id, _)| *id != stream_id);
+        self.db.with(|db| {
+            let txn = db.begin_write()?;
+            {
+                txn.open_table(STREAMS)?.remove(stream_id)?;
+                let mut frags = txn.open_table(FRAGMENTS)?;
+                frags.retain_in((stream_id, 0)..=(stream_id, u64::MAX), |_, _| false)?;
+                let mut headers = txn.open_table(HEADERS)?;
+                headers.retain_in((stream_id, 0)..=(stream_id, u64::MAX), |_, _| false)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })?;
         let dir = stream_dir(&self.root, stream_id);
         if dir.exists() {
             // The index no longer references these files; a failure here is repaired at the next start.
@@ -757,9 +909,14 @@ impl Writer {
     }
 
     fn sweep(&mut self, cutoffs: &[(u64, u64)]) -> Result<usize, StoreError> {
+        let shared = self.db.clone();
+        shared.with(|db| self.sweep_in(db, cutoffs))
+    }
+
+    fn sweep_in(&mut self, db: &Database, cutoffs: &[(u64, u64)]) -> Result<usize, StoreError> {
         let mut removed = 0;
         let mut files_to_remove = Vec::new();
-        let txn = self.db.begin_write()?;
+        let txn = db.begin_write()?;
         {
             let mut frags = txn.open_table(FRAGMENTS)?;
             let mut headers = txn.open_table(HEADERS)?;
@@ -793,6 +950,8 @@ impl Writer {
                     None => (last_expired_header, u64::MAX),
                 };
                 headers.retain_in((stream_id, 0)..(stream_id, min_header), |_, _| false)?;
+                self.stored_headers
+                    .retain(|&(id, h)| id != stream_id || h >= min_header);
                 let mut current = self.files.get(&stream_id).map(|o| o.segment);
                 let mut tail_segment = self.tails.get(&stream_id).map(|t| t.segment);
                 if first_kept.is_none() {

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use bytes::Bytes;
+use kvs_local::error::StoreError;
 use kvs_local::store::{AppendJob, FragmentMeta, Store, StreamRecord};
 
 fn record(id: u64) -> StreamRecord {
@@ -134,7 +135,7 @@ async fn sweeps_remove_expired_fragments_and_deletes_remove_everything() {
         .await
         .unwrap();
     assert!(
-        matches!(late, Err(kvs_local::error::StoreError::StreamDeleted(2))),
+        matches!(late, Err(StoreError::StreamDeleted(2))),
         "{late:?}"
     );
     assert!(store.fragments(2).unwrap().is_empty());
@@ -153,4 +154,151 @@ async fn sweeps_remove_expired_fragments_and_deletes_remove_everything() {
             .collect::<Vec<_>>(),
         [1]
     );
+}
+
+/// Writes `path` until the file system is full; returns the file (remove it to give the space back).
+fn fill(path: &std::path::Path) -> std::path::PathBuf {
+    let filler = path.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    for chunk in [64 * 1024, 4096, 1] {
+        let block = vec![0xffu8; chunk];
+        while f.write_all(&block).is_ok() {}
+    }
+    filler
+}
+
+fn session_job(stream: u64, seq: u64, session: u64, data: &[u8]) -> AppendJob {
+    let mut m = meta(seq, seq * 1000, data.len());
+    m.header_id = session;
+    AppendJob {
+        stream_id: stream,
+        meta: m,
+        header: Some(Bytes::from(format!("HEADER {session}"))),
+        data: Bytes::copy_from_slice(data),
+    }
+}
+
+/// The data directory fills up: a fragment that does not fit fails with the rest of its session (so a stream never
+/// has a hole followed by more of the same session), what was stored before stays whole, and once space returns
+/// the store takes writes again without a restart. After a restart every stored fragment reads back byte for byte
+/// with its session header. Needs root for the tmpfs (set KVS_FAULTS_NO_MOUNT=1 to skip it where mounting is
+/// impossible).
+#[tokio::test]
+async fn a_full_disk_fails_only_what_does_not_fit_and_the_store_recovers_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = match kvs_fault_proxy::disk::Tmpfs::mount(dir.path(), 8 * 1024) {
+        Ok(t) => t,
+        Err(e) if std::env::var_os("KVS_FAULTS_NO_MOUNT").is_some() => {
+            eprintln!("skipped (KVS_FAULTS_NO_MOUNT is set and tmpfs cannot be mounted: {e})");
+            return;
+        }
+        Err(e) => panic!(
+            "this test mounts a tmpfs and needs root: {e} (set KVS_FAULTS_NO_MOUNT=1 to skip it)"
+        ),
+    };
+    let body = |seq: u64, len: usize| -> Vec<u8> {
+        (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
+    };
+    let mut stored: Vec<(u64, Vec<u8>)> = Vec::new();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.put_stream(&record(3)).unwrap();
+        let first = body(1, 64 * 1024);
+        store
+            .append(session_job(3, 1, 1, &first))
+            .await
+            .unwrap()
+            .expect("the first fragment fits");
+        stored.push((1, first));
+
+        let filler = fill(dir.path());
+        // A new session whose first fragment does not fit.
+        let refused = store
+            .append(session_job(3, 2, 2, &body(2, 64 * 1024)))
+            .await
+            .unwrap();
+        assert!(refused.is_err(), "a fragment was stored on a full disk");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .unwrap()
+            .set_len(std::fs::metadata(&filler).unwrap().len() - 16 * 1024)
+            .unwrap();
+        // 16 KiB free, and the next session sends a small, a big and a small fragment at once.
+        let small = body(3, 6 * 1024);
+        let rx = [
+            store.append(session_job(3, 3, 3, &small)),
+            store.append(session_job(3, 4, 3, &body(4, 256 * 1024))),
+            store.append(session_job(3, 5, 3, &body(5, 3 * 1024))),
+        ];
+        let mut results = Vec::new();
+        for r in rx {
+            results.push(r.await.unwrap());
+        }
+        let m = results[0].as_ref().expect("6 KiB fit in 16 KiB");
+        assert_eq!(
+            store.read_fragment(3, m).unwrap(),
+            Bytes::copy_from_slice(&small)
+        );
+        stored.push((3, small));
+        assert!(results[1].is_err(), "256 KiB stored in 16 KiB");
+        assert!(
+            matches!(results[2], Err(StoreError::EarlierFragmentFailed(3))),
+            "a fragment after a failed one of its session: {:?}",
+            results[2]
+        );
+        // The index database fails too (a record larger than any free space): redb refuses all work after that
+        // until it is reopened.
+        fill(dir.path());
+        let mut big = record(4);
+        big.tags.insert("k".into(), "v".repeat(1024 * 1024));
+        assert!(
+            store.put_stream(&big).is_err(),
+            "1 MiB stored on a full disk"
+        );
+
+        // Space returns: no restart needed.
+        tmpfs.resize(64 * 1024).unwrap();
+        store
+            .put_stream(&big)
+            .expect("the index takes writes again once space returns");
+        let late = store
+            .append(session_job(3, 6, 3, &body(6, 1024)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(late, Err(StoreError::EarlierFragmentFailed(3))),
+            "a failed session took more fragments: {late:?}"
+        );
+        let last = body(7, 32 * 1024);
+        store
+            .append(session_job(3, 7, 7, &last))
+            .await
+            .unwrap()
+            .expect("appends of a new session work again once space returns");
+        stored.push((7, last));
+        store.close();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let frags = store.fragments(3).unwrap();
+    assert_eq!(
+        frags.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        stored.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+    );
+    for (m, (_, data)) in frags.iter().zip(&stored) {
+        assert_eq!(
+            store.read_fragment(3, m).unwrap(),
+            Bytes::copy_from_slice(data)
+        );
+    }
+    for session in [1, 3, 7] {
+        assert_eq!(
+            store.header(3, session).unwrap(),
+            Bytes::from(format!("HEADER {session}"))
+        );
+    }
+    assert!(store.load_streams().unwrap().iter().any(|r| r.id == 4));
+    store.close();
+    drop(store);
+    drop(tmpfs);
 }

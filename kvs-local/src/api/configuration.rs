@@ -85,7 +85,7 @@ pub async fn handle(
 pub async fn load_configs(app: &App, stream_arn: &str) -> Result<StreamConfigs, ApiError> {
     let key = stream_arn.to_owned();
     let got: Option<StreamConfigs> = app
-        .blocking(move |s| resources::get(s.database(), Table::StreamConfigs, &key))
+        .blocking(move |s| s.with_database(|db| resources::get(db, Table::StreamConfigs, &key)))
         .await?;
     Ok(got.unwrap_or_default())
 }
@@ -99,7 +99,7 @@ pub async fn save_configs(
     let key = stream_arn.to_owned();
     app.blocking(move |s| {
         let value = (!configs.is_empty()).then_some(&configs);
-        resources::put(s.database(), Table::StreamConfigs, &key, value)
+        s.with_database(|db| resources::put(db, Table::StreamConfigs, &key, value))
     })
     .await?;
     Ok(())

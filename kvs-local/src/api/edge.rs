@@ -280,7 +280,7 @@ async fn list(
         .unwrap_or(DEFAULT_LIST_MAX) as usize;
     let after = next_token(input)?;
     let rows: Vec<(String, StreamConfigs)> = app
-        .blocking(|s| resources::all(s.database(), Table::StreamConfigs))
+        .blocking(|s| s.with_database(|db| resources::all(db, Table::StreamConfigs)))
         .await?;
     let now = now_ms();
     let mut items: Vec<(String, Value)> = rows

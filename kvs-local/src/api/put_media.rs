@@ -152,6 +152,8 @@ struct Fatal {
     detail: String,
     /// The timecode to name when the error is about a cluster that never became the current fragment.
     timecode: Option<u64>,
+    /// The fragment number to name with `timecode`, when it has one.
+    number: Option<String>,
 }
 
 fn fatal(id: AckErrorId, detail: impl Into<String>) -> Fatal {
@@ -159,6 +161,7 @@ fn fatal(id: AckErrorId, detail: impl Into<String>) -> Fatal {
         id,
         detail: detail.into(),
         timecode: None,
+        number: None,
     }
 }
 
@@ -191,7 +194,6 @@ struct Session {
     header: Option<SegmentHeader>,
     header_bytes: Option<Bytes>,
     header_id: Option<u64>,
-    header_stored: bool,
     current: Option<Current>,
     last_timecode: Option<u64>,
     pending: FuturesOrdered<oneshot_future::Persist>,
@@ -247,7 +249,6 @@ impl Session {
             header: None,
             header_bytes: None,
             header_id: None,
-            header_stored: false,
             current: None,
             last_timecode: None,
             pending: FuturesOrdered::new(),
@@ -283,7 +284,7 @@ impl Session {
         let mut last_data = Instant::now();
         let mut last_activity = Instant::now();
         let mut shutdown = self.app.shutdown.clone();
-        let outcome: Result<(), Fatal> = loop {
+        let mut outcome: Result<(), Fatal> = loop {
             let idle_ack_at = last_activity + config.idle_ack_interval;
             let idle_close_at = last_data + config.put_media_idle_timeout;
             let wake = idle_ack_at.min(idle_close_at).min(connection_deadline);
@@ -357,15 +358,18 @@ impl Session {
                 break Ok(());
             }
         };
-        // Acknowledge what is already on its way to disk before ending.
+        // Acknowledge what is already on its way to disk before ending, up to the first that failed.
         while let Some((timecode, number, result)) = self.pending.next().await {
-            if self.persisted(timecode, &number, result).await.is_err() {
+            if let Err(f) = self.persisted(timecode, &number, result).await {
+                if outcome.is_ok() {
+                    outcome = Err(f);
+                }
                 break;
             }
         }
         if let Err(f) = outcome {
             let (timecode, number) = match (&self.current, f.timecode) {
-                (_, Some(t)) => (Some(t), None),
+                (_, Some(t)) => (Some(t), f.number.clone()),
                 (Some(c), None) => (Some(c.timecode), Some(c.number.clone())),
                 (None, None) => (None, None),
             };
@@ -402,15 +406,16 @@ impl Session {
                 AckErrorId::STREAM_NOT_ACTIVE,
                 "the stream was deleted before the fragment was stored",
             )),
+            // The session ends at the first fragment that could not be stored (the store refuses the rest of
+            // it), so the producer replays from there in a new session and the stream keeps its order.
             Err(e) => {
                 tracing::error!(error = %e, fragment = number, "fragment could not be stored");
-                self.send(Ack::error(
-                    AckErrorId::ARCHIVAL_ERROR,
-                    Some(timecode),
-                    Some(number.to_owned()),
-                ))
-                .await;
-                Ok(())
+                Err(Fatal {
+                    id: AckErrorId::ARCHIVAL_ERROR,
+                    detail: format!("the fragment could not be stored: {e}"),
+                    timecode: Some(timecode),
+                    number: Some(number.to_owned()),
+                })
             }
         }
     }
@@ -721,8 +726,9 @@ impl Session {
         self.send_fragment_ack(AckEventType::Received, cur.timecode, &cur.number)
             .await;
         if retains {
-            let header = (!self.header_stored).then_some(header_bytes);
-            self.header_stored = true;
+            // Every job carries the header: the store keeps it with the first fragment of the session that
+            // it commits, which is not the first one sent when that one failed (a full disk).
+            let header = Some(header_bytes);
             self.pending_sizes.push_back(data.len());
             self.pending_bytes += data.len();
             let rx = self.app.store.append(AppendJob {

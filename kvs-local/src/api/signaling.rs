@@ -174,20 +174,22 @@ fn channel_info(rec: &ChannelRecord) -> Value {
 async fn load(app: &App, name: &str) -> Result<Option<ChannelRecord>, ApiError> {
     let name = name.to_owned();
     Ok(app
-        .blocking(move |s| resources::get(s.database(), Table::Channels, &name))
+        .blocking(move |s| s.with_database(|db| resources::get(db, Table::Channels, &name)))
         .await?)
 }
 
 async fn save(app: &App, rec: &ChannelRecord) -> Result<(), ApiError> {
     let rec = rec.clone();
-    app.blocking(move |s| resources::put(s.database(), Table::Channels, &rec.name, Some(&rec)))
-        .await?;
+    app.blocking(move |s| {
+        s.with_database(|db| resources::put(db, Table::Channels, &rec.name, Some(&rec)))
+    })
+    .await?;
     Ok(())
 }
 
 async fn all_channels(app: &App) -> Result<Vec<ChannelRecord>, ApiError> {
     let rows: Vec<(String, ChannelRecord)> = app
-        .blocking(|s| resources::all(s.database(), Table::Channels))
+        .blocking(|s| s.with_database(|db| resources::all(db, Table::Channels)))
         .await?;
     Ok(rows.into_iter().map(|(_, r)| r).collect())
 }
@@ -375,7 +377,7 @@ async fn delete_channel(app: &App, input: &Input) -> Result<Response<ResponseBod
     }
     let name = rec.name.clone();
     app.blocking(move |s| {
-        resources::put::<ChannelRecord>(s.database(), Table::Channels, &name, None)
+        s.with_database(|db| resources::put::<ChannelRecord>(db, Table::Channels, &name, None))
     })
     .await?;
     tracing::info!(channel = %rec.name, "signaling channel deleted");

@@ -1,0 +1,66 @@
+//! Disk faults: a small tmpfs mounted over a directory, to fill up and to give space back (needs root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tmpfs mounted on a directory; unmounted (lazily) on drop.
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_kib` on `path` (an existing directory). Fails without the right to mount.
+    pub fn mount(path: &Path, size_kib: u64) -> Result<Tmpfs, String> {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Tmpfs {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Changes the size: below what is used, nothing more can be written; above, space returns.
+    pub fn resize(&self, size_kib: u64) -> Result<(), String> {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={size_kib}k")])
+            .arg(&self.path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Disk use of a directory tree in KiB (`du -sk`), 0 when it cannot be measured.
+pub fn disk_use_kib(path: &Path) -> u64 {
+    Command::new("du")
+        .arg("-sk")
+        .arg(path)
+        .output()
+        .ok()
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
