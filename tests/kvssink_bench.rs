@@ -10,8 +10,7 @@
 //! * `throughput_cpu_and_memory`: the same pre-encoded H.264 file pushed as fast as possible through
 //!   `matroskamux streamable=true ! fakesink`, through `matroskamux ! tcpclientsink` to a socket this process
 //!   drains (the kernel's cost of sending the bytes, which no uploader avoids), and through `kvssink` into
-//!   kvs-local, each in its own `gst-launch-1.0` process measured by `/usr/bin/time -v` (user+system CPU, peak
-//!   RSS).
+//!   kvs-local, each in its own `gst-launch-1.0` process (user+system CPU and peak RSS from `wait4`).
 //! * `live_latency`: a 30 fps source in real time (`KVS_BENCH_INPUT` played at its pace, else a live
 //!   videotestsrc + x264enc); p50/p90/p99 from the key frame that closes a fragment entering kvssink to that
 //!   fragment's PERSISTED acknowledgement (against kvs-local), and from each buffer entering kvssink to its last
@@ -39,32 +38,42 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
     values[idx.min(values.len() - 1)]
 }
 
-/// Runs a gst-launch-1.0 description under `/usr/bin/time -v`; returns (CPU seconds, peak RSS KiB, wall s).
+/// Runs a gst-launch-1.0 description; returns (CPU seconds, peak RSS KiB, wall s) of that process, from
+/// `wait4` (microsecond CPU times).
 fn measure(desc: &str, plugin_dir: &str) -> (f64, u64, f64) {
     let started = Instant::now();
-    let out = Command::new("/usr/bin/time")
-        .arg("-v")
-        .arg("gst-launch-1.0")
+    let child = Command::new("gst-launch-1.0")
         .arg("-q")
         .args(desc.split_whitespace())
         .env("GST_PLUGIN_PATH", plugin_dir)
-        .output()
-        .expect("run /usr/bin/time gst-launch-1.0");
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run gst-launch-1.0");
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it for our own child, which std has not reaped.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child; the pointers are valid for the call.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let wall = started.elapsed().as_secs_f64();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pipeline failed: {desc}\n{text}");
-    let field = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix(name)
-                    .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
-            })
-            .unwrap_or(0.0)
-    };
-    let cpu = field("User time (seconds):") + field("System time (seconds):");
-    let rss = field("Maximum resident set size (kbytes):") as u64;
-    (cpu, rss, wall)
+    assert_eq!(
+        reaped,
+        pid,
+        "wait4 failed: {}",
+        std::io::Error::last_os_error()
+    );
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "pipeline failed (status {status}): {desc}\n{stderr}"
+    );
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = secs(usage.ru_utime) + secs(usage.ru_stime);
+    (cpu, usage.ru_maxrss as u64, wall)
 }
 
 #[test]
@@ -105,18 +114,21 @@ fn throughput_cpu_and_memory() {
         "{source} ! video/x-h264,stream-format=avc,alignment=au ! matroskamux streamable=true ! \
          tcpclientsink host=127.0.0.1 port={drain_port} sync=false"
     );
-    // Warm the page cache so that every run reads from memory.
-    let _ = std::fs::read(&input);
+    // Warm the page cache so that every run reads from memory (streamed: a forked child's peak RSS counts the
+    // parent's pages until exec).
+    if let Ok(mut f) = std::fs::File::open(&input) {
+        let _ = std::io::copy(&mut f, &mut std::io::sink());
+    }
     let (cpu_b, rss_b, wall_b) = measure(&baseline, &plugin_dir);
     let (cpu_s, _, _) = measure(&socket, &plugin_dir);
     let (cpu_k, rss_k, wall_k) = measure(&kvssink, &plugin_dir);
     println!("input: {input} ({:.1} MB)", size as f64 / 1e6);
     println!(
-        "baseline matroskamux ! fakesink: cpu {cpu_b:.2} s, peak RSS {rss_b} KiB, wall {wall_b:.1} s"
+        "baseline matroskamux ! fakesink: cpu {cpu_b:.3} s, peak RSS {rss_b} KiB, wall {wall_b:.2} s"
     );
-    println!("socket floor matroskamux ! tcpclientsink: cpu {cpu_s:.2} s");
+    println!("socket floor matroskamux ! tcpclientsink: cpu {cpu_s:.3} s");
     println!(
-        "kvssink -> kvs-local:            cpu {cpu_k:.2} s, peak RSS {rss_k} KiB, wall {wall_k:.1} s"
+        "kvssink -> kvs-local:            cpu {cpu_k:.3} s, peak RSS {rss_k} KiB, wall {wall_k:.2} s"
     );
     println!(
         "ratio over the socket floor: kvssink {:.3}x, floor over baseline {:.3}x",
