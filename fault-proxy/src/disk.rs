@@ -49,6 +49,22 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Writes a file `filler` in `dir` until the file system is full; returns its path (remove or shorten it to give
+/// space back).
+pub fn fill(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&filler)?;
+    for chunk in [64 * 1024, 4096, 1] {
+        let block = vec![0xffu8; chunk];
+        while f.write_all(&block).is_ok() {}
+    }
+    Ok(filler)
+}
+
 /// Disk use of a directory tree in KiB (`du -sk`), 0 when it cannot be measured.
 pub fn disk_use_kib(path: &Path) -> u64 {
     Command::new("du")

@@ -505,3 +505,86 @@ async fn by_arn_without_acknowledgements() {
     );
     srv.stop().await;
 }
+
+/// A full disk: the fragment that cannot be stored gets ERROR 5001 (ARCHIVAL_ERROR) and the session ends there,
+/// so nothing after it in that body is stored and the producer replays from it in a new session, which stores
+/// again once space returns, without a restart. Needs root for the tmpfs (KVS_FAULTS_NO_MOUNT=1 skips it).
+#[tokio::test]
+async fn a_full_disk_ends_the_session_at_the_fragment_that_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = match kvs_fault_proxy::disk::Tmpfs::mount(dir.path(), 8 * 1024) {
+        Ok(t) => t,
+        Err(e) if std::env::var_os("KVS_FAULTS_NO_MOUNT").is_some() => {
+            eprintln!("skipped (KVS_FAULTS_NO_MOUNT is set and tmpfs cannot be mounted: {e})");
+            return;
+        }
+        Err(e) => panic!(
+            "this test mounts a tmpfs and needs root: {e} (set KVS_FAULTS_NO_MOUNT=1 to skip it)"
+        ),
+    };
+    let data = dir.path().to_owned();
+    let srv = TestServer::start_with(|c| c.data_dir = data).await;
+    let c = srv.client();
+    c.create_stream("full", 1).await;
+    let mut put = c.put_media("full", &[]).await;
+    let mut body = mkv::video_header();
+    body.extend(mkv::cluster(1000, 3, 1000));
+    body.extend(mkv::cluster(2000, 3, 1000));
+    put.chunk(&body).await;
+    assert_eq!(
+        put.until(AckEventType::Persisted).await.fragment_timecode,
+        Some(1000)
+    );
+    kvs_fault_proxy::disk::fill(dir.path()).unwrap();
+    // The fragment at 2000 completes now and cannot be stored; the ones after it must not be stored either.
+    let mut rest = mkv::cluster(3000, 3, 1000);
+    rest.extend(mkv::cluster(4000, 3, 1000));
+    rest.extend(mkv::end_of_fragment());
+    put.chunk(&rest).await;
+    let acks = put.drain().await;
+    let errors: Vec<_> = acks
+        .iter()
+        .filter(|a| a.event_type == AckEventType::Error)
+        .collect();
+    assert_eq!(errors.len(), 1, "{acks:?}");
+    assert_eq!(
+        (errors[0].error_id, errors[0].fragment_timecode),
+        (Some(AckErrorId::ARCHIVAL_ERROR.id()), Some(2000)),
+        "{acks:?}"
+    );
+    assert!(
+        !acks.iter().any(|a| a.event_type == AckEventType::Persisted),
+        "persisted on a full disk: {acks:?}"
+    );
+
+    // Space returns; the producer replays from the failed fragment in a new session.
+    tmpfs.resize(64 * 1024).unwrap();
+    let mut again = c.put_media("full", &[]).await;
+    let mut body = mkv::video_header();
+    for t in [2000, 3000, 4000] {
+        body.extend(mkv::cluster(t, 3, 1000));
+    }
+    body.extend(mkv::end_of_fragment());
+    again.chunk(&body).await;
+    let mut persisted = Vec::new();
+    while persisted.len() < 3 {
+        persisted.push(again.until(AckEventType::Persisted).await.fragment_timecode);
+    }
+    assert_eq!(persisted, [Some(2000), Some(3000), Some(4000)]);
+    again.finish().await;
+    let list = c
+        .call("/listFragments", json!({"StreamName": "full"}))
+        .await
+        .ok()
+        .json();
+    let mut producer: Vec<f64> = list["Fragments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["ProducerTimestamp"].as_f64().unwrap())
+        .collect();
+    producer.sort_by(f64::total_cmp);
+    assert_eq!(producer, [1.0, 2.0, 3.0, 4.0], "each fragment once: {list}");
+    srv.stop().await;
+    drop(tmpfs);
+}

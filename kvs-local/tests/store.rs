@@ -156,17 +156,6 @@ async fn sweeps_remove_expired_fragments_and_deletes_remove_everything() {
     );
 }
 
-/// Writes `path` until the file system is full; returns the file (remove it to give the space back).
-fn fill(path: &std::path::Path) -> std::path::PathBuf {
-    let filler = path.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    for chunk in [64 * 1024, 4096, 1] {
-        let block = vec![0xffu8; chunk];
-        while f.write_all(&block).is_ok() {}
-    }
-    filler
-}
-
 fn session_job(stream: u64, seq: u64, session: u64, data: &[u8]) -> AppendJob {
     let mut m = meta(seq, seq * 1000, data.len());
     m.header_id = session;
@@ -211,7 +200,7 @@ async fn a_full_disk_fails_only_what_does_not_fit_and_the_store_recovers_in_plac
             .expect("the first fragment fits");
         stored.push((1, first));
 
-        let filler = fill(dir.path());
+        let filler = kvs_fault_proxy::disk::fill(dir.path()).unwrap();
         // A new session whose first fragment does not fit.
         let refused = store
             .append(session_job(3, 2, 2, &body(2, 64 * 1024)))
@@ -249,7 +238,7 @@ async fn a_full_disk_fails_only_what_does_not_fit_and_the_store_recovers_in_plac
         );
         // The index database fails too (a record larger than any free space): redb refuses all work after that
         // until it is reopened.
-        fill(dir.path());
+        kvs_fault_proxy::disk::fill(dir.path()).unwrap();
         let mut big = record(4);
         big.tags.insert("k".into(), "v".repeat(1024 * 1024));
         assert!(
