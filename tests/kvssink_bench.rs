@@ -42,6 +42,8 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 /// `wait4` (microsecond CPU times).
 fn measure(desc: &str, plugin_dir: &str) -> (f64, u64, f64) {
     let started = Instant::now();
+    // Reaped by the wait4 below, which also gives its resource usage (std's wait does not).
+    #[allow(clippy::zombie_processes)]
     let child = Command::new("gst-launch-1.0")
         .arg("-q")
         .args(desc.split_whitespace())
