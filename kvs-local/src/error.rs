@@ -48,6 +48,8 @@ pub enum StoreError {
     StreamDeleted(u64),
     #[error("an earlier fragment of this session of stream {0} could not be stored")]
     EarlierFragmentFailed(u64),
+    #[error("the index database cannot be opened again yet: {0}")]
+    Unavailable(String),
 }
 
 macro_rules! redb_from {

@@ -161,10 +161,15 @@ pub struct Store {
 pub(crate) struct SharedDb {
     path: PathBuf,
     current: RwLock<Option<Arc<Database>>>,
+    /// When and why the last reopen failed: callers get that error until `REOPEN_RETRY` has passed, instead of
+    /// each repeating the attempt (redb repairs the file when it opens it) while the disk is still full.
+    failed_open: Mutex<Option<(Instant, String)>>,
 }
 
 /// How long a reopen waits for transactions still running on the failed database instance.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
+/// How long after a failed reopen the next one is tried.
+const REOPEN_RETRY: Duration = Duration::from_secs(1);
 
 impl StoreError {
     /// Whether the index database failed on I/O and must be reopened before it takes more work.
@@ -179,6 +184,7 @@ impl SharedDb {
         Ok(SharedDb {
             path,
             current: RwLock::new(Some(Arc::new(db))),
+            failed_open: Mutex::new(None),
         })
     }
 
@@ -209,10 +215,29 @@ impl SharedDb {
         if let Some(db) = guard.as_ref() {
             return Ok(db.clone());
         }
-        let db = Arc::new(self.open_again()?);
-        *guard = Some(db.clone());
-        tracing::info!(path = %self.path.display(), "index database reopened");
-        Ok(db)
+        let mut failed = self
+            .failed_open
+            .lock()
+            .map_err(|_| StoreError::Corrupt("index database lock poisoned".into()))?;
+        if let Some((at, why)) = failed.as_ref()
+            && at.elapsed() < REOPEN_RETRY
+        {
+            return Err(StoreError::Unavailable(why.clone()));
+        }
+        match self.open_again() {
+            Ok(db) => {
+                let db = Arc::new(db);
+                *guard = Some(db.clone());
+                *failed = None;
+                tracing::info!(path = %self.path.display(), "index database reopened");
+                Ok(db)
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot reopen the index database yet");
+                *failed = Some((Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
     }
 
     /// Drops the failed instance (unless another caller already replaced it); the next `get` opens it again.

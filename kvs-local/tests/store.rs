@@ -245,12 +245,21 @@ async fn a_full_disk_fails_only_what_does_not_fit_and_the_store_recovers_in_plac
             store.put_stream(&big).is_err(),
             "1 MiB stored on a full disk"
         );
+        assert!(
+            store.put_stream(&big).is_err(),
+            "1 MiB stored on a full disk (second try)"
+        );
 
-        // Space returns: no restart needed.
+        // Space returns: no restart needed; a failed reopen is tried again after a second.
         tmpfs.resize(64 * 1024).unwrap();
-        store
-            .put_stream(&big)
-            .expect("the index takes writes again once space returns");
+        let back = std::time::Instant::now();
+        while let Err(e) = store.put_stream(&big) {
+            assert!(
+                back.elapsed() < std::time::Duration::from_secs(3),
+                "the index takes no writes 3 s after space returned: {e}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let late = store
             .append(session_job(3, 6, 3, &body(6, 1024)))
             .await
