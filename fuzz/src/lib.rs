@@ -302,6 +302,8 @@ pub fn http_request(
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // libFuzzer's timer signal (-timeout) interrupts blocking reads: not the end of the answer.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }
