@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gstkvs::aws::{self, Fragment, KvsClient, StreamRef};
+use gstkvs::aws::Fragment;
 use kvs_fault_proxy::disk;
 
 use common::{ACCESS_KEY, LocalServer, REGION, SECRET_KEY};
@@ -40,10 +40,6 @@ fn props(endpoint: &str) -> String {
     )
 }
 
-fn client(url: &str) -> KvsClient {
-    common::kvs_client(url)
-}
-
 /// Every fragment of the stream straight from kvs-local (not through the proxy), in fragment-number order.
 fn list_all(server: &LocalServer, stream: &str) -> Vec<Fragment> {
     common::list_fragments(&server.url(), stream)
@@ -55,24 +51,7 @@ fn producer_ms(f: &Fragment) -> u64 {
 
 /// Frames matroskademux finds in the given fragments (GetMediaForFragmentList, straight from kvs-local).
 fn frames_in(server: &LocalServer, stream: &str, fragments: &[&Fragment]) -> usize {
-    let client = client(&server.url());
-    let rt = aws::runtime().expect("runtime");
-    let numbers: Vec<String> = fragments
-        .iter()
-        .map(|f| f.fragment_number.clone())
-        .collect();
-    let mut media = Vec::new();
-    for chunk in numbers.chunks(1000) {
-        rt.block_on(async {
-            let mut resp = client
-                .get_media_for_fragment_list(&StreamRef::Name(stream.into()), chunk)
-                .await
-                .expect("GetMediaForFragmentList");
-            while let Some(bytes) = resp.next_chunk().await.expect("media body") {
-                media.extend_from_slice(&bytes);
-            }
-        });
-    }
+    let media = common::fragment_list_media(&server.url(), stream, fragments.iter().copied());
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("stored.mkv");
     std::fs::write(&path, &media).expect("write media");

@@ -49,24 +49,7 @@ fn frames_stored_tracks(
     fragments: &[Fragment],
     audio: bool,
 ) -> (usize, usize) {
-    let client = client(server);
-    let rt = aws::runtime().expect("runtime");
-    let numbers: Vec<String> = fragments
-        .iter()
-        .map(|f| f.fragment_number.clone())
-        .collect();
-    let mut media = Vec::new();
-    for chunk in numbers.chunks(1000) {
-        rt.block_on(async {
-            let mut resp = client
-                .get_media_for_fragment_list(&StreamRef::Name(stream.into()), chunk)
-                .await
-                .expect("GetMediaForFragmentList");
-            while let Some(bytes) = resp.next_chunk().await.expect("media body") {
-                media.extend_from_slice(&bytes);
-            }
-        });
-    }
+    let media = common::fragment_list_media(&server.url(), stream, fragments);
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("stored.mkv");
     std::fs::write(&path, &media).expect("write media");

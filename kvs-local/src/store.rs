@@ -392,7 +392,9 @@ impl Store {
         if let Some(h) = &job.header
             && let Ok(mut cache) = self.headers.lock()
         {
-            cache.insert((job.stream_id, job.meta.header_id), h.clone());
+            cache
+                .entry((job.stream_id, job.meta.header_id))
+                .or_insert_with(|| h.clone());
         }
         // When the writer is gone the job (and its sender) is dropped, which the receiver reports as a failure.
         self.send(Job::Append(job, tx));

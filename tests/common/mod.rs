@@ -435,6 +435,33 @@ pub fn kvs_client(url: &str) -> gstkvs::aws::KvsClient {
     gstkvs::aws::KvsClient::new(&settings).expect("client for kvs-local")
 }
 
+/// The stored media of these fragments, straight from the server at `url` (GetMediaForFragmentList, 1000 a call).
+pub fn fragment_list_media<'a>(
+    url: &str,
+    stream: &str,
+    fragments: impl IntoIterator<Item = &'a gstkvs::aws::Fragment>,
+) -> Vec<u8> {
+    let client = kvs_client(url);
+    let rt = gstkvs::aws::runtime().expect("runtime");
+    let numbers: Vec<String> = fragments
+        .into_iter()
+        .map(|f| f.fragment_number.clone())
+        .collect();
+    let mut media = Vec::new();
+    for chunk in numbers.chunks(1000) {
+        rt.block_on(async {
+            let mut resp = client
+                .get_media_for_fragment_list(&gstkvs::aws::StreamRef::Name(stream.into()), chunk)
+                .await
+                .expect("GetMediaForFragmentList");
+            while let Some(bytes) = resp.next_chunk().await.expect("media body") {
+                media.extend_from_slice(&bytes);
+            }
+        });
+    }
+    media
+}
+
 /// Every fragment of `stream` on the server at `url` (all ListFragments pages), in fragment-number order.
 pub fn list_fragments(url: &str, stream: &str) -> Vec<gstkvs::aws::Fragment> {
     let client = kvs_client(url);
