@@ -252,6 +252,68 @@ async fn every_media_error() {
     srv.stop().await;
 }
 
+/// TimecodeScale is the producer's to choose, up to `u64::MAX` ns: a fragment whose times do not fit gets an
+/// ERROR naming the limit, one that fits is stored, and the server goes on serving.
+#[tokio::test]
+async fn extreme_timecode_scales_get_an_answer() {
+    let srv = TestServer::start().await;
+    let c = srv.client();
+    c.create_stream("scales", 1).await;
+    let video = [(1, "V_MPEG4/ISO/AVC")];
+
+    // Two frames 33 ticks of u64::MAX ns apart: far beyond the maximum fragment duration.
+    let mut body = mkv::header_scaled(&video, u64::MAX);
+    body.extend(mkv::cluster(1, 2, 10));
+    let (_, error) = expect_error(
+        &srv,
+        "scales",
+        body,
+        AckErrorId::MAX_FRAGMENT_DURATION_REACHED,
+    )
+    .await;
+    assert!(
+        error.fragment_timecode == Some(1),
+        "the error names the fragment: {error:?}"
+    );
+
+    // One frame per fragment at the largest timecode: a timestamp far in the future, stored and listed.
+    for scale in [u64::MAX, 1 << 40] {
+        let mut put = c.put_media("scales", &[]).await;
+        let mut body = mkv::header_scaled(&video, scale);
+        body.extend(mkv::cluster(u64::MAX >> 1, 1, 10));
+        body.extend(mkv::end_of_fragment());
+        put.chunk(&body).await;
+        let acks = put.drain().await;
+        assert!(
+            acks.iter()
+                .any(|a| a.event_type == AckEventType::Persisted
+                    || a.event_type == AckEventType::Error),
+            "scale {scale}: {acks:?}"
+        );
+    }
+    // The server still answers, and an ordinary fragment is stored after them.
+    let mut put = c.put_media("scales", &[]).await;
+    let mut body = mkv::video_header();
+    body.extend(mkv::cluster(5000, 3, 10));
+    body.extend(mkv::end_of_fragment());
+    put.chunk(&body).await;
+    put.until(AckEventType::Persisted).await;
+    put.finish().await;
+    let list = c
+        .call("/listFragments", json!({"StreamName": "scales"}))
+        .await
+        .ok()
+        .json();
+    let producer: Vec<f64> = list["Fragments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["ProducerTimestamp"].as_f64().unwrap())
+        .collect();
+    assert!(producer.contains(&5.0), "{list}");
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn deleting_the_stream_stops_its_put_media() {
     let srv = TestServer::start().await;

@@ -667,17 +667,31 @@ impl Remuxer {
             return Ok(());
         };
         let (scale_in, scale_out) = (i128::from(header.timecode_scale), i128::from(out.scale));
+        // Saturating: BlockDuration and ReferenceBlock may hold anything; they are clamped when written.
         let convert = |v: i128| -> i128 {
             if scale_in == scale_out {
                 v
             } else {
-                round_div(v * scale_in, scale_out)
+                round_div(v.saturating_mul(scale_in), scale_out)
             }
         };
         let out_of_range = || RemuxError::TimecodeOutOfRange {
             fragment: fragment.to_owned(),
         };
+        // Whether a duration in output units is one a GStreamer timestamp can hold (u64 nanoseconds).
+        let fits_ns = |v: i128| {
+            v.checked_mul(scale_out)
+                .is_some_and(|ns| (0..=i128::from(u64::MAX)).contains(&ns))
+        };
         let base = i128::from(cluster.timecode);
+        // The source's own time must be a valid timestamp: this bounds every time below (a block is at most
+        // 2^15 ticks from its cluster), so that the arithmetic on them cannot overflow.
+        if base
+            .checked_mul(scale_in)
+            .is_none_or(|ns| ns > i128::from(u64::MAX))
+        {
+            return Err(out_of_range());
+        }
         let start = convert(base);
         let times: Vec<i128> = cluster
             .blocks
@@ -685,14 +699,14 @@ impl Remuxer {
             .map(|b| convert(base + i128::from(b.info.rel_timecode)))
             .collect();
 
-        if !self.timeline.started {
+        let mut offset = if self.timeline.started {
+            self.timeline.offset
+        } else {
             // The first frame output (B-frames may precede the cluster's own timecode) is at 0.
-            let first = times.iter().copied().min().unwrap_or(start).min(start);
-            self.timeline.offset = -first;
-            self.timeline.started = true;
-        }
+            -times.iter().copied().min().unwrap_or(start).min(start)
+        };
         // How far this cluster must move so that no track goes back in time (see the module docs).
-        let mut need = -(start + self.timeline.offset);
+        let mut need = -(start + offset);
         let mut first_per_track: HashMap<u64, i128> = HashMap::new();
         for (block, &t) in cluster.blocks.iter().zip(&times) {
             let first = first_per_track.entry(block.info.track).or_insert(t);
@@ -700,22 +714,23 @@ impl Remuxer {
         }
         for (track, first) in &first_per_track {
             if let Some((last, step)) = self.timeline.tracks.get(track) {
-                need = need.max(last + step - (first + self.timeline.offset));
+                need = need.max(last + step - (first + offset));
             }
         }
         if let (Some(floor), Some(first)) = (self.timeline.floor, times.iter().min()) {
-            need = need.max(floor - (first + self.timeline.offset));
+            need = need.max(floor - (first + offset));
         }
         if need > 0 {
-            self.timeline.offset += need;
+            offset += need;
         }
-        self.timeline.floor = None;
-        let offset = self.timeline.offset;
-
         let mut cluster_time = start + offset;
-        if cluster_time < 0 || cluster_time > i128::from(u64::MAX) {
+        if !fits_ns(cluster_time) {
+            // The timeline stays as it was: the next fragment goes on from the last one output.
             return Err(out_of_range());
         }
+        self.timeline.offset = offset;
+        self.timeline.started = true;
+        self.timeline.floor = None;
         if info.first_timestamp_ns.is_none() {
             info.first_timestamp_ns = u64::try_from(cluster_time * scale_out).ok();
         }
@@ -730,7 +745,7 @@ impl Remuxer {
             let mut rel = time - cluster_time;
             if rel < i128::from(i16::MIN) || rel > i128::from(i16::MAX) {
                 // Only after a TimecodeScale conversion: continue in a new cluster that starts at this block.
-                if time < 0 {
+                if !fits_ns(time) {
                     return Err(out_of_range());
                 }
                 write_cluster_element(data, &body);
@@ -764,9 +779,10 @@ impl Remuxer {
                 .filter(|d| *d > 0)
                 .min();
             let step = match last_duration {
-                Some(d) if d > 0 => Some(convert(i128::from(d)).max(1)),
-                _ => gap.or_else(|| out.default_step.get(&track).copied()),
-            };
+                Some(d) if d > 0 => Some(convert(i128::from(d)).max(1)).filter(|&s| fits_ns(s)),
+                _ => None,
+            }
+            .or_else(|| gap.or_else(|| out.default_step.get(&track).copied()));
             let entry = self.timeline.tracks.entry(track).or_insert((last, 1));
             entry.0 = entry.0.max(last);
             if let Some(step) = step {

@@ -678,3 +678,31 @@ fn error_tags_as_the_whole_body_become_a_service_error() {
     assert!(out.errors[0].is_kms());
     assert_eq!(out.errors[0].id, Some(4500));
 }
+
+#[test]
+fn extreme_timecode_scales_are_an_error_not_a_panic() {
+    // TimecodeScale comes from the stored media: any value up to u64::MAX must give an error naming the fragment
+    // (or a valid output), never an arithmetic overflow.
+    let cases: [(u64, u64, u64, u64); 4] = [
+        (1, u64::MAX, u64::MAX, u64::MAX),
+        (u64::MAX, 0, 1, u64::MAX),
+        (u64::MAX, u64::MAX, 1, u64::MAX),
+        (u64::MAX / 3, 1 << 40, 7, 1 << 62),
+    ];
+    for (scale1, tc1, scale2, tc2) in cases {
+        let mut first = frag(1, tc1, &[0, i16::MAX, i16::MIN]);
+        first.scale = scale1;
+        let mut second = frag(2, tc2, &[0, 1, i16::MAX]);
+        second.scale = scale2;
+        second.width = 32; // other tracks: a new segment that converts the timeline to its scale
+        let mut body = document(&first, true);
+        body.extend(document(&second, true));
+        let mut remuxer = Remuxer::new(true);
+        if let Err(e) = remuxer.push(&body) {
+            assert!(
+                e.to_string().contains("out of range"),
+                "scales {scale1}/{scale2}: {e}"
+            );
+        }
+    }
+}

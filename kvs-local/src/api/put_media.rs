@@ -515,8 +515,8 @@ impl Session {
                         *n += 1;
                         *last = rel;
                     }
-                    let span_ms = (cur.max_rel - cur.min_rel.min(0)) * scale as i64 / 1_000_000;
-                    if span_ms > max_duration_ms {
+                    let span_ms = ticks_to_ms(i128::from(cur.max_rel - cur.min_rel.min(0)), scale);
+                    if span_ms > i128::from(max_duration_ms) {
                         return Err(fatal(
                             AckErrorId::MAX_FRAGMENT_DURATION_REACHED,
                             format!(
@@ -620,7 +620,7 @@ impl Session {
         }
         self.last_timecode = Some(timecode);
         let scale = self.header.as_ref().map_or(1_000_000, |h| h.timecode_scale);
-        let timecode_ms = (u128::from(timecode) * u128::from(scale) / 1_000_000) as u64;
+        let timecode_ms = ticks_to_ms_u64(i128::from(timecode), scale);
         let producer_ts_ms = match self.timecode_type {
             TimecodeType::Absolute => timecode_ms,
             TimecodeType::Relative => self
@@ -685,7 +685,7 @@ impl Session {
                 format!("the fragment has no frame of track {track}"),
             ));
         }
-        let scale = header.timecode_scale as i64;
+        let scale = header.timecode_scale;
         let (n, first, last) = cur.first_track_times;
         let span = if cur.max_rel >= cur.min_rel {
             cur.max_rel - cur.min_rel.min(0)
@@ -698,7 +698,7 @@ impl Session {
         } else {
             0
         };
-        let duration_ms = ((span + frame).max(0) * scale / 1_000_000) as u64;
+        let duration_ms = ticks_to_ms_u64(i128::from(span + frame), scale);
         let cluster_len = cur.cluster_len.unwrap_or(cur.data.len());
         let data = cur.data.freeze();
         let header_id = self.header_id.unwrap_or(cur.seq);
@@ -745,4 +745,15 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// `ticks` Matroska timecode units of `scale` nanoseconds each, in milliseconds. The scale comes from the
+/// producer's header and may be anything up to `u64::MAX`, so the product saturates instead of overflowing.
+fn ticks_to_ms(ticks: i128, scale: u64) -> i128 {
+    ticks.saturating_mul(i128::from(scale)) / 1_000_000
+}
+
+/// [`ticks_to_ms`] as a `u64` (0 below, `u64::MAX` above).
+fn ticks_to_ms_u64(ticks: i128, scale: u64) -> u64 {
+    u64::try_from(ticks_to_ms(ticks, scale).max(0)).unwrap_or(u64::MAX)
 }

@@ -657,10 +657,15 @@ pub mod mkv {
     /// EBML header, unknown-size Segment, Info (1 ms timecode scale) and Tracks with the given tracks
     /// (number, codec id).
     pub fn header(tracks: &[(u64, &str)]) -> Vec<u8> {
+        header_scaled(tracks, 1_000_000)
+    }
+
+    /// Like [`header`], with a TimecodeScale of `scale` nanoseconds.
+    pub fn header_scaled(tracks: &[(u64, &str)], scale: u64) -> Vec<u8> {
         let mut out = kvs_mkv::writer::ebml_header("matroska");
         out.extend_from_slice(&kvs_mkv::writer::segment_start_unknown());
         let mut info = Vec::new();
-        ebml::write_uint_element(&mut info, id::TIMECODE_SCALE, 1_000_000);
+        ebml::write_uint_element(&mut info, id::TIMECODE_SCALE, scale);
         ebml::write_str_element(&mut info, id::MUXING_APP, "kvs-local tests");
         ebml::write_master_element(&mut out, id::INFO, &info);
         let mut tracks_body = Vec::new();
