@@ -9,8 +9,9 @@
 //!
 //! * `throughput_cpu_and_memory`: the same pre-encoded H.264 file pushed as fast as possible through
 //!   `matroskamux streamable=true ! fakesink`, through `matroskamux ! tcpclientsink` to a socket this process
-//!   drains (the kernel's cost of sending the bytes, which no uploader avoids), and through `kvssink` into
-//!   kvs-local, each in its own `gst-launch-1.0` process (user+system CPU and peak RSS from `wait4`).
+//!   drains, and through `kvssink` into kvs-local, each in its own `gst-launch-1.0` process (user+system CPU and
+//!   peak RSS from `wait4`); then the same number of bytes written by a thread of this process to that socket in
+//!   1 MiB writes (the raw send floor: the kernel's cost of sending the bytes, which no uploader avoids).
 //! * `live_latency`: a 30 fps source in real time (`KVS_BENCH_INPUT` played at its pace, else a live
 //!   videotestsrc + x264enc); p50/p90/p99 from the key frame that closes a fragment entering kvssink to that
 //!   fragment's PERSISTED acknowledgement (against kvs-local), and from each buffer entering kvssink to its last
@@ -83,7 +84,20 @@ fn measure(desc: &str, plugin_dir: &str) -> (f64, u64, f64) {
 fn throughput_cpu_and_memory() {
     common::init();
     let input = std::env::var("KVS_BENCH_INPUT").expect("KVS_BENCH_INPUT names the input file");
-    let plugin_dir = std::env::var("KVS_PLUGIN_DIR").unwrap_or_else(|_| "target/debug".into());
+    let build_dir = std::env::var("KVS_PLUGIN_DIR").unwrap_or_else(|_| "target/debug".into());
+    // The plugin alone in a directory: GStreamer stats every file under GST_PLUGIN_PATH at start-up, and a cargo
+    // target directory holds thousands (tens of milliseconds of system time in every pipeline measured).
+    let plugin_copy = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(
+        std::path::Path::new(&build_dir).join("libgstkvs.so"),
+        plugin_copy.path().join("libgstkvs.so"),
+    )
+    .expect("copy libgstkvs.so from KVS_PLUGIN_DIR");
+    let plugin_dir = plugin_copy
+        .path()
+        .to_str()
+        .expect("utf-8 temp path")
+        .to_owned();
     let size = std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0);
     let server = LocalServer::start();
     // A raw byte-stream file (.h264) goes through h264parse alone, a Matroska file through matroskademux.
@@ -124,6 +138,7 @@ fn throughput_cpu_and_memory() {
     let (cpu_b, rss_b, wall_b) = measure(&baseline, &plugin_dir);
     let (cpu_s, _, _) = measure(&socket, &plugin_dir);
     let (cpu_k, rss_k, wall_k) = measure(&kvssink, &plugin_dir);
+    let cpu_raw = raw_send_cpu(drain_port, size);
     println!("input: {input} ({:.1} MB)", size as f64 / 1e6);
     println!(
         "baseline matroskamux ! fakesink: cpu {cpu_b:.3} s, peak RSS {rss_b} KiB, wall {wall_b:.2} s"
@@ -138,11 +153,44 @@ fn throughput_cpu_and_memory() {
         cpu_s / cpu_b.max(1e-9)
     );
     println!(
+        "raw send floor ({:.1} MB in 1 MiB writes to a loopback socket): cpu {cpu_raw:.3} s, \
+         baseline + raw floor {:.3}x",
+        size as f64 / 1e6,
+        (cpu_b + cpu_raw) / cpu_b.max(1e-9)
+    );
+    println!(
         "ratio cpu {:.3}x, RSS delta {:+.1} MiB, kvssink throughput {:.1} MB/s",
         cpu_k / cpu_b.max(1e-9),
         (rss_k as f64 - rss_b as f64) / 1024.0,
         size as f64 / 1e6 / wall_k.max(1e-9)
     );
+}
+
+/// CPU seconds (user + system) this thread spends writing `bytes` bytes to a loopback TCP socket in 1 MiB
+/// writes: the least the kernel charges any uploader for sending the stream, with no muxing or HTTP at all.
+fn raw_send_cpu(port: u16, bytes: u64) -> f64 {
+    let thread_cpu = || {
+        // SAFETY: an all-zero rusage is a valid value; getrusage fills it for the calling thread.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: the pointer is valid for the call.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+        assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(usage.ru_utime) + secs(usage.ru_stime)
+    };
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the drain");
+    let chunk: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let start = thread_cpu();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        conn.write_all(&chunk[..n]).expect("write to the drain");
+        left -= n as u64;
+    }
+    drop(conn);
+    thread_cpu() - start
 }
 
 fn hash_of(data: &[u8]) -> u64 {
