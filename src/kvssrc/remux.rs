@@ -724,7 +724,8 @@ impl Remuxer {
             offset += need;
         }
         let mut cluster_time = start + offset;
-        if !fits_ns(cluster_time) {
+        let latest = times.iter().copied().max().unwrap_or(start) + offset;
+        if !fits_ns(cluster_time) || !fits_ns(latest.max(0)) {
             // The timeline stays as it was: the next fragment goes on from the last one output.
             return Err(out_of_range());
         }
@@ -745,7 +746,7 @@ impl Remuxer {
             let mut rel = time - cluster_time;
             if rel < i128::from(i16::MIN) || rel > i128::from(i16::MAX) {
                 // Only after a TimecodeScale conversion: continue in a new cluster that starts at this block.
-                if !fits_ns(time) {
+                if time < 0 {
                     return Err(out_of_range());
                 }
                 write_cluster_element(data, &body);

@@ -682,14 +682,15 @@ fn error_tags_as_the_whole_body_become_a_service_error() {
 #[test]
 fn extreme_timecode_scales_are_an_error_not_a_panic() {
     // TimecodeScale comes from the stored media: any value up to u64::MAX must give an error naming the fragment
-    // (or a valid output), never an arithmetic overflow.
-    let cases: [(u64, u64, u64, u64); 4] = [
-        (1, u64::MAX, u64::MAX, u64::MAX),
-        (u64::MAX, 0, 1, u64::MAX),
-        (u64::MAX, u64::MAX, 1, u64::MAX),
-        (u64::MAX / 3, 1 << 40, 7, 1 << 62),
+    // whose times are not valid timestamps (u64 nanoseconds), never an arithmetic overflow. Per case: the two
+    // fragments' scales and timecodes, and which fragment the error names.
+    let cases: [(u64, u64, u64, u64, u64); 4] = [
+        (1, u64::MAX, u64::MAX, u64::MAX, 2),
+        (u64::MAX, 0, 1, u64::MAX, 1),
+        (u64::MAX, u64::MAX, 1, u64::MAX, 1),
+        (1_000_000, 1 << 40, 7, 1 << 62, 2),
     ];
-    for (scale1, tc1, scale2, tc2) in cases {
+    for (scale1, tc1, scale2, tc2, failing) in cases {
         let mut first = frag(1, tc1, &[0, i16::MAX, i16::MIN]);
         first.scale = scale1;
         let mut second = frag(2, tc2, &[0, 1, i16::MAX]);
@@ -698,11 +699,21 @@ fn extreme_timecode_scales_are_an_error_not_a_panic() {
         let mut body = document(&first, true);
         body.extend(document(&second, true));
         let mut remuxer = Remuxer::new(true);
-        if let Err(e) = remuxer.push(&body) {
-            assert!(
-                e.to_string().contains("out of range"),
-                "scales {scale1}/{scale2}: {e}"
-            );
-        }
+        let err = remuxer
+            .push(&body)
+            .expect_err(&format!("scales {scale1}/{scale2}: no error"));
+        let text = err.to_string();
+        assert!(
+            text.contains("out of range") && text.contains(&number(failing)),
+            "scales {scale1}/{scale2}: {text}"
+        );
+        // What came before the failing fragment is output.
+        let mut out = Output::default();
+        out.drain(&mut remuxer);
+        assert_eq!(
+            out.fragments.len() as u64,
+            failing - 1,
+            "scales {scale1}/{scale2}"
+        );
     }
 }
