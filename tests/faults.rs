@@ -451,15 +451,8 @@ fn a_full_disk_gives_error_acks_keeps_the_store_readable_and_recovers() {
     std::fs::rename(&data, &saved).expect("move the data directory aside");
     std::fs::create_dir(&data).expect("recreate the data directory");
     let used = disk::disk_use_kib(&saved);
-    let tmpfs = match disk::Tmpfs::mount(&data, used + 3 * 1024) {
-        Ok(t) => t,
-        Err(e) if std::env::var_os("KVS_FAULTS_NO_MOUNT").is_some() => {
-            eprintln!("skipped (KVS_FAULTS_NO_MOUNT is set and tmpfs cannot be mounted: {e})");
-            return;
-        }
-        Err(e) => panic!(
-            "this test mounts a tmpfs and needs root: {e} (set KVS_FAULTS_NO_MOUNT=1 to skip it where that is impossible)"
-        ),
+    let Some(tmpfs) = disk::Tmpfs::mount_or_skip(&data, used + 3 * 1024) else {
+        return;
     };
     let cp = std::process::Command::new("cp")
         .arg("-a")

@@ -24,6 +24,22 @@ impl Tmpfs {
         })
     }
 
+    /// For tests: [`mount`](Self::mount), or `None` (the test is skipped, saying why) when mounting fails and
+    /// KVS_FAULTS_NO_MOUNT is set. Without that variable a failure panics: such a test needs root.
+    pub fn mount_or_skip(path: &Path, size_kib: u64) -> Option<Tmpfs> {
+        match Self::mount(path, size_kib) {
+            Ok(t) => Some(t),
+            Err(e) if std::env::var_os("KVS_FAULTS_NO_MOUNT").is_some() => {
+                eprintln!("skipped (KVS_FAULTS_NO_MOUNT is set and tmpfs cannot be mounted: {e})");
+                None
+            }
+            Err(e) => panic!(
+                "this test mounts a tmpfs and needs root: {e} (set KVS_FAULTS_NO_MOUNT=1 to skip it where that is \
+                 impossible)"
+            ),
+        }
+    }
+
     /// Changes the size: below what is used, nothing more can be written; above, space returns.
     pub fn resize(&self, size_kib: u64) -> Result<(), String> {
         let out = Command::new("mount")

@@ -175,15 +175,8 @@ fn session_job(stream: u64, seq: u64, session: u64, data: &[u8]) -> AppendJob {
 #[tokio::test]
 async fn a_full_disk_fails_only_what_does_not_fit_and_the_store_recovers_in_place() {
     let dir = tempfile::tempdir().unwrap();
-    let tmpfs = match kvs_fault_proxy::disk::Tmpfs::mount(dir.path(), 8 * 1024) {
-        Ok(t) => t,
-        Err(e) if std::env::var_os("KVS_FAULTS_NO_MOUNT").is_some() => {
-            eprintln!("skipped (KVS_FAULTS_NO_MOUNT is set and tmpfs cannot be mounted: {e})");
-            return;
-        }
-        Err(e) => panic!(
-            "this test mounts a tmpfs and needs root: {e} (set KVS_FAULTS_NO_MOUNT=1 to skip it)"
-        ),
+    let Some(tmpfs) = kvs_fault_proxy::disk::Tmpfs::mount_or_skip(dir.path(), 8 * 1024) else {
+        return;
     };
     let body = |seq: u64, len: usize| -> Vec<u8> {
         (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
