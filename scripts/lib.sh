@@ -23,6 +23,20 @@ SYSTEM_PACKAGES=(
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# Prints the free space where the build goes, and what the two target directories take; with a minimum in GiB,
+# warns when less is free, so that a full disk is named before a compiler dies of it.
+disk_report() { # [minimum-free-GiB]
+  local avail_kib
+  avail_kib=$(df -Pk "$REPO_ROOT" | awk 'NR == 2 { print $4 }')
+  local used=""
+  [ -d "$REPO_ROOT/target" ] && used+=" target/ $(du -sh "$REPO_ROOT/target" 2>/dev/null | cut -f1)"
+  [ -d "$REPO_ROOT/fuzz/target" ] && used+=" fuzz/target/ $(du -sh "$REPO_ROOT/fuzz/target" 2>/dev/null | cut -f1)"
+  say "disk: $((avail_kib / 1024)) MiB free;${used:- nothing built yet}"
+  if [ -n "${1:-}" ] && [ "$avail_kib" -lt $(($1 * 1024 * 1024)) ]; then
+    say "warning: less than $1 GiB free; the build and tests may fail with 'No space left on device'"
+  fi
+}
+
 # Installs the missing Debian packages with apt-get, through sudo when not root. Node.js and npm (for the viewer's
 # browser test) come from Debian unless some npm is on the PATH already.
 ensure_system_packages() {
