@@ -347,6 +347,9 @@ struct Fragment {
     complete: bool,
     completed_at: Option<Instant>,
     state: FragState,
+    /// The furthest state already counted in the stats: a replayed fragment is acknowledged BUFFERING (and
+    /// sometimes RECEIVED) again, and counts once.
+    counted: FragState,
     /// Connection the fragment was (last) sent on, completely or in part.
     sent_on: Option<u64>,
 }
@@ -669,6 +672,7 @@ impl Session {
             complete: false,
             completed_at: None,
             state: FragState::Pending,
+            counted: FragState::Pending,
             sent_on: None,
         });
         self.buffer.bytes += len;
@@ -1171,7 +1175,8 @@ impl Session {
             return;
         }
         frag.state = state;
-        {
+        if state > frag.counted {
+            frag.counted = state;
             let mut stats = lock(&self.stats);
             match state {
                 FragState::Buffering => stats.fragments_buffering += 1,

@@ -408,7 +408,14 @@ async fn a_broken_connection_is_replayed_without_duplicates() {
         st.connection_starts.iter().all(|(_, header)| *header),
         "every connection starts with the header"
     );
-    assert!(h.handle.stats().reconnects >= 1);
+    let stats = h.handle.stats();
+    assert!(stats.reconnects >= 1);
+    // A replayed fragment is acknowledged BUFFERING again; the stats count fragments, not acknowledgements.
+    assert_eq!(
+        (stats.fragments_buffering, stats.fragments_persisted),
+        (6, 6),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test]
@@ -792,6 +799,17 @@ async fn a_fragment_received_but_lost_before_it_was_durable_is_sent_again() {
         vec![1000, 2000, 3000, 4000]
     );
     assert!(c.values().all(|&n| n == 1), "stored twice: {c:?}");
+    // The second fragment was acknowledged BUFFERING and RECEIVED on both connections: it counts once.
+    let stats = h.handle.stats();
+    assert_eq!(
+        (
+            stats.fragments_buffering,
+            stats.fragments_received,
+            stats.fragments_persisted
+        ),
+        (4, 4, 4),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test]
