@@ -74,8 +74,7 @@ fn measure(desc: &str, plugin_dir: &str) -> (f64, u64, f64) {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "pipeline failed (status {status}): {desc}\n{stderr}"
     );
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let cpu = secs(usage.ru_utime) + secs(usage.ru_stime);
+    let cpu = cpu_seconds(&usage);
     (cpu, usage.ru_maxrss as u64, wall)
 }
 
@@ -166,6 +165,12 @@ fn throughput_cpu_and_memory() {
     );
 }
 
+/// User + system CPU seconds of a `getrusage`/`wait4` answer.
+fn cpu_seconds(usage: &libc::rusage) -> f64 {
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 /// CPU seconds (user + system) this thread spends writing `bytes` bytes to a loopback TCP socket in 1 MiB
 /// writes: the least the kernel charges any uploader for sending the stream, with no muxing or HTTP at all.
 fn raw_send_cpu(port: u16, bytes: u64) -> f64 {
@@ -175,8 +180,7 @@ fn raw_send_cpu(port: u16, bytes: u64) -> f64 {
         // SAFETY: the pointer is valid for the call.
         let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
         assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
-        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        secs(usage.ru_utime) + secs(usage.ru_stime)
+        cpu_seconds(&usage)
     };
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the drain");
     let chunk: Vec<u8> = (0..1 << 20)
