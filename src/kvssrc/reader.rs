@@ -204,6 +204,13 @@ impl Reader {
                         self.range_delivered(error.fragment_number.as_deref());
                         return Ok(ReadItem::Skipped(error.to_string()));
                     }
+                    RemuxItem::Unwritable {
+                        fragment_number,
+                        error,
+                    } => {
+                        self.range_delivered(fragment_number.as_deref());
+                        return Ok(ReadItem::Skipped(error));
+                    }
                     RemuxItem::ServiceError(error) => {
                         self.close_body(BodyEnd::Cut)?;
                         if error.is_transient() {

@@ -169,6 +169,12 @@ pub enum RemuxItem {
     ServiceError(ServiceError),
     /// GetMediaForFragmentList could not read one fragment (exception tags); the body goes on.
     FragmentError(FragmentError),
+    /// A fragment whose clusters cannot be written into the output (a time that no GStreamer timestamp can
+    /// hold, a malformed block): it is left out and the fragments after it go on.
+    Unwritable {
+        fragment_number: Option<String>,
+        error: String,
+    },
 }
 
 /// A fragment GetMediaForFragmentList could not read.
@@ -588,13 +594,22 @@ impl Remuxer {
         let mut info = pending.info;
         info.complete = whole;
         let mut data = Vec::with_capacity(pending.size + 32 * pending.clusters.len());
-        for cluster in &pending.clusters {
-            self.write_cluster(cluster, &header, &name, &mut data, &mut info)?;
-        }
-        info.bytes = data.len() as u64;
+        let written = pending.clusters.iter().try_for_each(|cluster| {
+            self.write_cluster(cluster, &header, &name, &mut data, &mut info)
+        });
         if let Some(number) = number {
             self.last_fragment = Some(number);
         }
+        if let Err(error) = written {
+            // Only this fragment is lost: the timeline holds what earlier clusters committed, so the next fragment
+            // still starts after everything output.
+            self.items.push_back(RemuxItem::Unwritable {
+                fragment_number: info.fragment_number,
+                error: error.to_string(),
+            });
+            return Ok(());
+        }
+        info.bytes = data.len() as u64;
         self.items.push_back(RemuxItem::Fragment {
             data: Bytes::from(data),
             info,

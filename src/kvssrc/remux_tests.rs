@@ -34,6 +34,8 @@ struct Output {
     fragments: Vec<FragmentInfo>,
     duplicates: Vec<String>,
     errors: Vec<ServiceError>,
+    /// Fragments left out, with the error that names them.
+    unwritable: Vec<(Option<String>, String)>,
 }
 
 impl Output {
@@ -51,6 +53,10 @@ impl Output {
                 RemuxItem::Duplicate(n) => self.duplicates.push(n),
                 RemuxItem::ServiceError(e) => self.errors.push(e),
                 RemuxItem::FragmentError(e) => panic!("unexpected fragment error: {e}"),
+                RemuxItem::Unwritable {
+                    fragment_number,
+                    error,
+                } => self.unwritable.push((fragment_number, error)),
             }
         }
     }
@@ -680,10 +686,10 @@ fn error_tags_as_the_whole_body_become_a_service_error() {
 }
 
 #[test]
-fn extreme_timecode_scales_are_an_error_not_a_panic() {
-    // TimecodeScale comes from the stored media: any value up to u64::MAX must give an error naming the fragment
-    // whose times are not valid timestamps (u64 nanoseconds), never an arithmetic overflow. Per case: the two
-    // fragments' scales and timecodes, and which fragment the error names.
+fn extreme_timecode_scales_skip_the_fragment_not_panic() {
+    // TimecodeScale comes from the stored media: any value up to u64::MAX must leave out, with an error naming it,
+    // the fragment whose times are not valid timestamps (u64 nanoseconds), never overflow; the other fragment is
+    // output. Per case: the two fragments' scales and timecodes, and which fragment is left out.
     let cases: [(u64, u64, u64, u64, u64); 4] = [
         (1, u64::MAX, u64::MAX, u64::MAX, 2),
         (u64::MAX, 0, 1, u64::MAX, 1),
@@ -698,24 +704,65 @@ fn extreme_timecode_scales_are_an_error_not_a_panic() {
         second.width = 32; // other tracks: a new segment that converts the timeline to its scale
         let mut body = document(&first, true);
         body.extend(document(&second, true));
-        let mut remuxer = Remuxer::new(true);
-        let err = remuxer
-            .push(&body)
-            .expect_err(&format!("scales {scale1}/{scale2}: no error"));
-        let text = err.to_string();
-        assert!(
-            text.contains("out of range") && text.contains(&number(failing)),
-            "scales {scale1}/{scale2}: {text}"
-        );
-        // What came before the failing fragment is output.
-        let mut out = Output::default();
-        out.drain(&mut remuxer);
+        let case = format!("scales {scale1}/{scale2}");
+        let (out, _) = remux_whole(&body, true, BodyEnd::Complete);
+        assert_eq!(out.unwritable.len(), 1, "{case}: {:?}", out.unwritable);
+        let (fragment, error) = &out.unwritable[0];
         assert_eq!(
-            out.fragments.len() as u64,
-            failing - 1,
-            "scales {scale1}/{scale2}"
+            fragment.as_deref(),
+            Some(number(failing).as_str()),
+            "{case}"
         );
+        assert!(
+            error.contains("out of range") && error.contains(&number(failing)),
+            "{case}: {error}"
+        );
+        let output: Vec<_> = out
+            .fragments
+            .iter()
+            .map(|f| f.fragment_number.clone())
+            .collect();
+        assert_eq!(output, vec![Some(number(3 - failing))], "{case}");
     }
+}
+
+#[test]
+fn a_fragment_that_cannot_be_written_is_left_out_and_the_read_goes_on() {
+    // The middle fragment's cluster is at u64::MAX ms, past any GStreamer timestamp: it is reported and left
+    // out; the fragments on either side are output, in order, with time going forward.
+    let mut body = document(&frag(1, 0, &[0, 40, 80]), true);
+    body.extend(document(&frag(2, u64::MAX, &[0, 40]), true));
+    body.extend(document(&frag(3, 120, &[0, 40, 80]), true));
+    let (out, _) = remux_whole(&body, true, BodyEnd::Complete);
+    let output: Vec<_> = out
+        .fragments
+        .iter()
+        .map(|f| f.fragment_number.clone())
+        .collect();
+    assert_eq!(output, vec![Some(number(1)), Some(number(3))]);
+    assert_eq!(
+        out.unwritable
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect::<Vec<_>>(),
+        vec![Some(number(2))]
+    );
+    assert!(out.unwritable[0].1.contains("out of range"));
+    assert_eq!(out.fragments.iter().map(|f| f.frames).sum::<u64>(), 6);
+    let first = out.fragments[0].first_timestamp_ns.expect("first time");
+    let third = out.fragments[1].first_timestamp_ns.expect("third time");
+    assert!(third > first, "{first} then {third}");
+    // matroskademux plays the output: six frames, time going forward, no complaint.
+    assert_eq!(out.headers, 1);
+    assert_eq!(check_structure(&out.bytes, 1), 6);
+    let demuxed = demux(&out.bytes);
+    assert!(demuxed.problems.is_empty(), "{:?}", demuxed.problems);
+    assert_eq!(demuxed.pts.len(), 6, "{:?}", demuxed.pts);
+    assert!(
+        demuxed.pts.windows(2).all(|w| w[0] <= w[1]),
+        "{:?}",
+        demuxed.pts
+    );
 }
 
 /// A small deterministic generator (xorshift64*), so that a failure names an input that can be replayed.
