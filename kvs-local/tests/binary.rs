@@ -125,14 +125,9 @@ async fn persisted_fragments_survive_kill_9_byte_identical() {
 
     let p2 = spawn(&data, &[]);
     let c2 = client(&p2);
-    let list = c2
-        .call("/listFragments", json!({"StreamName": "durable"}))
+    let mut listed: Vec<String> = c2
+        .fragments("durable")
         .await
-        .ok()
-        .json();
-    let mut listed: Vec<String> = list["Fragments"]
-        .as_array()
-        .unwrap()
         .iter()
         .map(|f| f["FragmentNumber"].as_str().unwrap().to_owned())
         .collect();

@@ -45,28 +45,19 @@ async fn the_sweep_removes_fragments_past_their_retention() {
     assert_eq!(segment_files(srv.dir.path()), 2);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let list = c
-            .call("/listFragments", json!({"StreamName": "short"}))
-            .await
-            .ok()
-            .json();
-        if list["Fragments"].as_array().unwrap().is_empty() {
+        let listed = c.fragments("short").await;
+        if listed.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "fragments older than the retention are still listed: {list}"
+            "fragments older than the retention are still listed: {listed:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The expired stream's segment is gone, the other stream keeps everything.
     assert_eq!(segment_files(srv.dir.path()), 1);
-    let list = c
-        .call("/listFragments", json!({"StreamName": "long"}))
-        .await
-        .ok()
-        .json();
-    assert_eq!(list["Fragments"].as_array().unwrap().len(), 2);
+    assert_eq!(c.fragments("long").await.len(), 2);
     let media = c
         .get_media("short", json!({"StartSelectorType": "EARLIEST"}))
         .await

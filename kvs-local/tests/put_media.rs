@@ -99,12 +99,7 @@ async fn relative_timecodes_add_the_producer_start() {
     put.until(AckEventType::Persisted).await;
     put.finish().await;
     put.drain().await;
-    let list = c
-        .call("/listFragments", json!({"StreamName": "rel"}))
-        .await
-        .ok()
-        .json();
-    let f = &list["Fragments"][0];
+    let f = &c.fragments("rel").await[0];
     assert_eq!(f["ProducerTimestamp"].as_f64().unwrap(), 1_700_000_102.25);
     srv.stop().await;
 }
@@ -243,12 +238,7 @@ async fn every_media_error() {
     .await;
 
     // Only the one good fragment was stored.
-    let list = c
-        .call("/listFragments", json!({"StreamName": "errs"}))
-        .await
-        .ok()
-        .json();
-    assert_eq!(list["Fragments"].as_array().unwrap().len(), 1);
+    assert_eq!(c.fragments("errs").await.len(), 1);
     srv.stop().await;
 }
 
@@ -292,26 +282,10 @@ async fn extreme_timecode_scales_get_an_answer() {
         put.finish().await;
     }
     // The server still answers, and an ordinary fragment is stored after them.
-    let mut put = c.put_media("scales", &[]).await;
-    let mut body = mkv::video_header();
-    body.extend(mkv::cluster(5000, 3, 10));
-    body.extend(mkv::end_of_fragment());
-    put.chunk(&body).await;
-    put.until(AckEventType::Persisted).await;
-    put.finish().await;
-    let list = c
-        .call("/listFragments", json!({"StreamName": "scales"}))
-        .await
-        .ok()
-        .json();
-    let producer: Vec<f64> = list["Fragments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["ProducerTimestamp"].as_f64().unwrap())
-        .collect();
-    assert_eq!(producer.len(), 3, "{list}");
-    assert!(producer.contains(&5.0), "{list}");
+    c.put_fragments("scales", 5000, 1, 3, 10).await;
+    let producer = c.producer_timestamps("scales").await;
+    assert_eq!(producer.len(), 3, "{producer:?}");
+    assert!(producer.contains(&5.0), "{producer:?}");
     srv.stop().await;
 }
 
@@ -472,20 +446,9 @@ async fn a_client_vanishing_mid_fragment_keeps_the_complete_ones() {
     put.abort();
     drop(put);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let list = c
-        .call("/listFragments", json!({"StreamName": "flaky"}))
-        .await
-        .ok()
-        .json();
-    let frags = list["Fragments"].as_array().unwrap();
     // The first two fragments are complete (each was followed by the start of another cluster); the third was cut
     // off and is discarded.
-    let mut producer: Vec<f64> = frags
-        .iter()
-        .map(|f| f["ProducerTimestamp"].as_f64().unwrap())
-        .collect();
-    producer.sort_by(f64::total_cmp);
-    assert_eq!(producer, [1.0, 2.0], "{list}");
+    assert_eq!(c.producer_timestamps("flaky").await, [1.0, 2.0]);
     // The stream takes a new PutMedia right away and other streams were never affected.
     let mut again = c.put_media("flaky", &[]).await;
     let mut body = mkv::video_header();
@@ -628,19 +591,11 @@ async fn a_full_disk_ends_the_session_at_the_fragment_that_failed() {
     }
     assert_eq!(persisted, [Some(2000), Some(3000), Some(4000)]);
     again.finish().await;
-    let list = c
-        .call("/listFragments", json!({"StreamName": "full"}))
-        .await
-        .ok()
-        .json();
-    let mut producer: Vec<f64> = list["Fragments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["ProducerTimestamp"].as_f64().unwrap())
-        .collect();
-    producer.sort_by(f64::total_cmp);
-    assert_eq!(producer, [1.0, 2.0, 3.0, 4.0], "each fragment once: {list}");
+    assert_eq!(
+        c.producer_timestamps("full").await,
+        [1.0, 2.0, 3.0, 4.0],
+        "each fragment once"
+    );
     srv.stop().await;
     drop(tmpfs);
 }

@@ -109,15 +109,7 @@ async fn replay(scenario: &str) {
         .collect();
     assert_eq!(timecodes, capture_timecodes);
 
-    let list = c
-        .call("/listFragments", json!({"StreamName": stream}))
-        .await
-        .ok()
-        .json();
-    assert_eq!(
-        list["Fragments"].as_array().unwrap().len(),
-        expected_fragments
-    );
+    assert_eq!(c.fragments(&stream).await.len(), expected_fragments);
 
     // Reading back gives the clusters byte for byte.
     let sent = clusters(&std::fs::read(dir.join("004-putMedia.mkv")).unwrap());

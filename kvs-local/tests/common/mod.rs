@@ -327,6 +327,31 @@ impl Client {
         numbers
     }
 
+    /// The stream's fragments as ListFragments lists them (one page: up to 1000), in the service's order.
+    pub async fn fragments(&self, stream: &str) -> Vec<Value> {
+        let list = self
+            .call("/listFragments", serde_json::json!({"StreamName": stream}))
+            .await
+            .ok()
+            .json();
+        list["Fragments"]
+            .as_array()
+            .unwrap_or_else(|| panic!("ListFragments without Fragments: {list}"))
+            .clone()
+    }
+
+    /// The ProducerTimestamp (seconds) of every fragment of the stream, in increasing order.
+    pub async fn producer_timestamps(&self, stream: &str) -> Vec<f64> {
+        let mut times: Vec<f64> = self
+            .fragments(stream)
+            .await
+            .iter()
+            .map(|f| f["ProducerTimestamp"].as_f64().expect("ProducerTimestamp"))
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times
+    }
+
     pub async fn put_media(&self, name: &str, extra: &[(&str, &str)]) -> PutConn {
         let mut headers: Vec<(String, String)> = vec![
             ("host".into(), self.addr.to_string()),
